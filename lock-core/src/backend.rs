@@ -1,0 +1,102 @@
+//! The contract every backend implements.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
+
+/// A distributed lock service: the contract every backend implements.
+///
+/// The trait is object safe: `Arc<dyn DistributedLock>` picks a backend at run
+/// time. Applications normally use it through [`Locks`](crate::Locks), which
+/// validates options before anything is sent, serialises tasks of one client
+/// on the same key, and turns each [`Lease`] into a
+/// [`LockGuard`](crate::LockGuard) that renews it and reports its loss.
+///
+/// # The contract
+///
+/// Every backend, checked by the conformance suite against the real service:
+///
+/// * **Mutual exclusion.** At most one lease of a key is held at a time across
+///   all clients of the service, as long as every holder stops when its lease
+///   is reported lost.
+/// * **Fencing.** Each grant of a key carries a [`FencingToken`](crate::FencingToken)
+///   greater than every earlier grant's, across expiry and client restarts.
+/// * **Expiry.** A lease not renewed for its TTL is freed by the service within
+///   [`Capabilities::expiry_slack`] after the TTL (backends that declare
+///   [`Capabilities::expires`] `false` free it when the holder process dies).
+/// * **No leftovers.** A cancelled, failed or timed-out acquisition leaves no
+///   holder and no waiter behind; a released lease leaves no state behind.
+/// * **One grant per key per client.** A backend may assume one client never
+///   has two acquisitions of one key in flight; `Locks` guarantees it, so
+///   exclusion between tasks sharing a client never depends on the service.
+/// * **Typed errors.** Unreachable endpoints give [`LockError::Unavailable`]
+///   within the configured timeouts; nothing waits without a bound except
+///   [`acquire`](Self::acquire) with no deadline.
+#[async_trait]
+pub trait DistributedLock: Send + Sync + Debug + 'static {
+    /// The backend's short name (`"memory"`, `"etcd"`, ...) used in errors
+    /// and traces.
+    fn backend(&self) -> &'static str;
+
+    /// What this backend guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Waits until `key` is granted, or until `deadline` (`None`: forever).
+    ///
+    /// `options` have been validated against [`capabilities`](Self::capabilities).
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] when the deadline passes, after the backend has
+    /// removed its own waiter state; [`LockError::Lost`] when the client's own
+    /// lease or session ends while it waits; [`LockError::Unavailable`] when
+    /// the service cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves no holder and no waiter behind;
+    /// cleanup that needs the network is started before the drop returns.
+    async fn acquire(&self, key: &LockKey, options: &LockOptions, deadline: Option<Instant>) -> Result<Lease, LockError>;
+
+    /// Makes one attempt: the lease when `key` is free, `None` when it is
+    /// held (or contended) elsewhere, without waiting for the holder.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), without `Timeout`.
+    ///
+    /// # Cancel safety
+    /// As [`acquire`](Self::acquire).
+    async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError>;
+
+    /// Extends the lease by its TTL, counted by the service from when it
+    /// receives the request.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] when the service no longer holds the lease for us;
+    /// [`LockError::NotHeld`] after it was released; [`LockError::Unavailable`]
+    /// when the service cannot be reached (the lease may still be held).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped renew either extended the lease or did not.
+    async fn renew(&self, lease: &Lease) -> Result<(), LockError>;
+
+    /// Gives the lease up, only if the service still holds it for us: a stale
+    /// lease never releases a later holder's grant.
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`] when it was released already (a double release
+    /// is an error, never a panic); [`LockError::Lost`] when the service had
+    /// already taken it away; [`LockError::Unavailable`] when the service
+    /// cannot be reached (the TTL then frees it).
+    ///
+    /// # Cancel safety
+    /// Cancel safe; a dropped release leaves the lease to its TTL.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError>;
+
+    /// The current holder of `key` and its fencing token, or `None` when free.
+    ///
+    /// # Errors
+    /// [`LockError::Unavailable`] or [`LockError::Backend`].
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError>;
+}

@@ -1,0 +1,230 @@
+//! `Locks`: the handle applications share between tasks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, timeout_at};
+use tracing::{Instrument, debug, info_span};
+
+use crate::local::LocalLocks;
+use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockKey, LockOptions};
+
+/// One client of a lock service, shared by all tasks of a process.
+///
+/// `Locks` wraps any [`DistributedLock`] and adds what every backend needs
+/// once: options validated before anything is sent, exclusion between tasks
+/// of this client on the same key (so it never depends on how the service
+/// treats a repeated acquire by the same session), and [`LockGuard`]s that
+/// renew and report loss. Clones share the client; two `Locks` built from two
+/// backend instances are two independent clients.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use std::time::Duration;
+/// use lock_core::{Locks, MemoryLock};
+///
+/// let locks = Locks::new(MemoryLock::new());
+/// let guard = locks
+///     .lock("jobs/nightly")
+///     .ttl(Duration::from_secs(10))
+///     .wait(Duration::from_secs(30))
+///     .acquire()
+///     .await?;
+/// println!("running with fencing token {}", guard.token());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Locks {
+    backend: Arc<dyn DistributedLock>,
+    local: Arc<LocalLocks>,
+}
+
+impl Locks {
+    /// A client on `backend`.
+    pub fn new(backend: impl DistributedLock) -> Self {
+        Self::from_backend(Arc::new(backend))
+    }
+
+    /// A client on a backend chosen at run time.
+    ///
+    /// Each call makes a separate client: build it once and clone the `Locks`.
+    pub fn from_backend(backend: Arc<dyn DistributedLock>) -> Self {
+        Self { backend, local: Arc::default() }
+    }
+
+    /// The backend underneath, for raw [`Lease`](crate::Lease) access.
+    pub fn backend(&self) -> &Arc<dyn DistributedLock> {
+        &self.backend
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.backend()
+    }
+
+    /// What the backend guarantees.
+    pub fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    /// Starts a request for `key`; set options on it, then `acquire` or
+    /// `try_acquire`. An invalid key is reported by those, before anything is
+    /// sent.
+    pub fn lock(&self, key: impl AsRef<str>) -> LockRequest {
+        LockRequest {
+            locks: self.clone(),
+            key: LockKey::new(key.as_ref()),
+            options: LockOptions::new(),
+            deadline: None,
+        }
+    }
+
+    /// Waits for `key` until `deadline` (`None`: forever).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidOptions`] before anything is sent;
+    /// [`LockError::Timeout`] when the deadline passes (nothing is left
+    /// behind); otherwise as [`DistributedLock::acquire`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped acquire leaves no holder and no waiter.
+    pub async fn acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<LockGuard, LockError> {
+        let capabilities = self.capabilities();
+        options.validate(self.backend_name(), &capabilities)?;
+        let started = Instant::now();
+        let span = info_span!("acquire", backend = self.backend_name(), key = %key, token = tracing::field::Empty);
+        async {
+            let local = self.local.acquire(key);
+            let permit = match deadline {
+                Some(deadline) => timeout_at(deadline, local).await.map_err(|_| LockError::Timeout {
+                    backend: self.backend_name(),
+                    key: key.clone(),
+                    waited: started.elapsed(),
+                })?,
+                None => local.await,
+            };
+            let lease = self.backend.acquire(key, options, deadline).await?;
+            tracing::Span::current().record("token", lease.token().get());
+            debug!(waited = ?started.elapsed(), "acquired");
+            let margin = options.effective_safety_margin(lease.ttl());
+            Ok(LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt at `key`: `None` when another client, or another task of
+    /// this client, holds it.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidOptions`] before anything is sent; otherwise as
+    /// [`DistributedLock::try_acquire`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<LockGuard>, LockError> {
+        options.validate(self.backend_name(), &self.capabilities())?;
+        let Some(permit) = self.local.try_acquire(key) else {
+            return Ok(None);
+        };
+        let span = info_span!("try_acquire", backend = self.backend_name(), key = %key);
+        let lease = self.backend.try_acquire(key, options).instrument(span).await?;
+        Ok(lease.map(|lease| {
+            let margin = options.effective_safety_margin(lease.ttl());
+            LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit)
+        }))
+    }
+
+    /// The current holder of `key`, or `None` when free.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] before anything is sent; otherwise as
+    /// [`DistributedLock::inspect`].
+    pub async fn inspect(&self, key: impl AsRef<str>) -> Result<Option<LockInfo>, LockError> {
+        let key = LockKey::new(key.as_ref())?;
+        self.backend.inspect(&key).await
+    }
+}
+
+impl fmt::Debug for Locks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locks").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+/// A lock request being built by [`Locks::lock`].
+#[derive(Debug)]
+#[must_use = "a lock request does nothing until acquired"]
+pub struct LockRequest {
+    locks: Locks,
+    key: Result<LockKey, LockError>,
+    options: LockOptions,
+    deadline: Option<Instant>,
+}
+
+impl LockRequest {
+    /// How long the lock survives a holder that stops renewing.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options = self.options.ttl(ttl);
+        self
+    }
+
+    /// The owner string other clients see through `inspect`.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.options = self.options.owner(owner);
+        self
+    }
+
+    /// Whether the guard renews in the background (default on).
+    pub fn auto_renew(mut self, auto_renew: bool) -> Self {
+        self.options = self.options.auto_renew(auto_renew);
+        self
+    }
+
+    /// Replaces all options at once.
+    pub fn options(mut self, options: LockOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Waits at most `wait` in [`acquire`](Self::acquire) (default: forever).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.deadline = Some(Instant::now() + wait);
+        self
+    }
+
+    /// Waits until `deadline` at most in [`acquire`](Self::acquire).
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Waits for the lock; see [`Locks::acquire`].
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] before anything is sent; otherwise as
+    /// [`Locks::acquire`].
+    pub async fn acquire(self) -> Result<LockGuard, LockError> {
+        let key = self.key?;
+        self.locks.acquire(&key, &self.options, self.deadline).await
+    }
+
+    /// Makes one attempt; see [`Locks::try_acquire`].
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] before anything is sent; otherwise as
+    /// [`Locks::try_acquire`].
+    pub async fn try_acquire(self) -> Result<Option<LockGuard>, LockError> {
+        let key = self.key?;
+        self.locks.try_acquire(&key, &self.options).await
+    }
+}

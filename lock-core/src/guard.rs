@@ -1,0 +1,322 @@
+//! The held lock handed to applications: renews in the background, reports
+//! loss, releases on request or on drop.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::local::LocalPermit;
+use crate::{DistributedLock, FencingToken, Lease, LockError, LockKey, LostReason};
+
+/// A held lock.
+///
+/// While the guard lives it renews the lock in the background at about a
+/// third of the TTL (unless auto-renew is off) and watches for its loss:
+///
+/// * the backend reports the lease, session or key gone, or a renewal is
+///   answered with "not yours": the lock is lost at once;
+/// * no renewal has been confirmed within the TTL less the safety margin,
+///   counted from when the last confirmed renewal was *sent*: the lock is lost
+///   by the guard's own clock, even if the service cannot be reached, because
+///   from then on the service may grant it to someone else.
+///
+/// [`lost`](Self::lost) completes at that moment; stop the guarded work then.
+/// [`release`](Self::release) gives the lock back and reports
+/// [`LockError::Lost`] if it had been lost. Dropping the guard without
+/// releasing it starts a best-effort release on the current tokio runtime; with
+/// no runtime running, the TTL frees the lock.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use lock_core::{Locks, MemoryLock};
+///
+/// let locks = Locks::new(MemoryLock::new());
+/// let guard = locks.lock("jobs/nightly").acquire().await?;
+/// tokio::select! {
+///     reason = guard.lost() => panic!("lock lost: {reason}"),
+///     () = async { /* the guarded work, fenced with guard.token() */ } => {}
+/// }
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct LockGuard {
+    shared: Arc<Shared>,
+    watchdog: Option<JoinHandle<()>>,
+    permit: Option<LocalPermit>,
+    finished: bool,
+}
+
+struct Shared {
+    backend: Arc<dyn DistributedLock>,
+    lease: Lease,
+    margin: Duration,
+    /// When the last renewal that the service confirmed was sent.
+    confirmed_sent: Mutex<Instant>,
+    stop: CancellationToken,
+}
+
+impl LockGuard {
+    pub(crate) fn start(
+        backend: Arc<dyn DistributedLock>,
+        lease: Lease,
+        margin: Duration,
+        auto_renew: bool,
+        permit: LocalPermit,
+    ) -> Self {
+        let span = info_span!(
+            "lock_guard",
+            backend = backend.backend(),
+            key = %lease.key(),
+            token = lease.token().get()
+        );
+        let shared = Arc::new(Shared {
+            confirmed_sent: Mutex::new(lease.confirmed_at()),
+            backend,
+            lease,
+            margin,
+            stop: CancellationToken::new(),
+        });
+        let watchdog = tokio::spawn(watch(Arc::clone(&shared), auto_renew).instrument(span));
+        Self { shared, watchdog: Some(watchdog), permit: Some(permit), finished: false }
+    }
+
+    /// The key held.
+    pub fn key(&self) -> &LockKey {
+        self.shared.lease.key()
+    }
+
+    /// The fencing token of this grant: pass it with every write the lock
+    /// protects.
+    pub fn token(&self) -> FencingToken {
+        self.shared.lease.token()
+    }
+
+    /// The owner string stored with the grant.
+    pub fn owner(&self) -> &str {
+        self.shared.lease.owner()
+    }
+
+    /// The TTL the service applies.
+    pub fn ttl(&self) -> Duration {
+        self.shared.lease.ttl()
+    }
+
+    /// Whether the lock is known lost.
+    pub fn is_lost(&self) -> bool {
+        self.shared.lease.loss_signal().is_fired()
+    }
+
+    /// Completes with the reason as soon as the lock is lost or can no longer
+    /// be proven held. Pending forever while the lock is held.
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) -> LostReason {
+        self.shared.lease.loss_signal().fired().await
+    }
+
+    /// A token cancelled when the lock is lost, to hand to guarded work.
+    pub fn lost_token(&self) -> CancellationToken {
+        self.shared.lease.loss_signal().token()
+    }
+
+    /// How much longer the lock is provably held without a further confirmed
+    /// renewal; zero once lost.
+    pub fn remaining(&self) -> Duration {
+        if self.is_lost() {
+            return Duration::ZERO;
+        }
+        self.shared.proven_until().saturating_duration_since(Instant::now())
+    }
+
+    /// Renews the lock now (needed when auto-renew is off).
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] when the lock is lost (the guard then reports it
+    /// through [`lost`](Self::lost) too); [`LockError::Unavailable`] when the
+    /// service did not confirm in time; the lock may still be held and is
+    /// lost by the guard's clock if no renewal succeeds before the deadline.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn renew(&self) -> Result<(), LockError> {
+        self.shared.renew_once().await
+    }
+
+    /// Releases the lock.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] when the lock had been lost before it was released
+    /// (work done under it may have overlapped another holder's; the service
+    /// state is still cleaned up where it is ours); [`LockError::Unavailable`]
+    /// when the service could not be reached (the TTL frees the lock).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped the guard's drop path still runs, starting a
+    /// best-effort release in the background.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let shared = Arc::clone(&self.shared);
+        shared.stop.cancel();
+        if let Some(watchdog) = self.watchdog.take() {
+            // Never renew and release at the same time.
+            let _ = watchdog.await;
+        }
+        shared.check_deadline();
+        let result = match shared.lease.loss_signal().reason() {
+            Some(reason) => {
+                // Clean up whatever of it is still ours; the answer changes nothing.
+                let _ = shared.backend.release(&shared.lease).await;
+                Err(shared.lost_error(reason))
+            }
+            None => match shared.backend.release(&shared.lease).await {
+                Err(LockError::Lost { reason, .. }) => {
+                    shared.lease.loss_signal().fire(reason.clone());
+                    Err(shared.lost_error(reason))
+                }
+                other => other,
+            },
+        };
+        debug!(backend = shared.backend.backend(), key = %shared.lease.key(), ok = result.is_ok(), "released");
+        self.finished = true;
+        result
+    }
+}
+
+impl Shared {
+    fn confirmed_sent(&self) -> Instant {
+        *self.confirmed_sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn proven_until(&self) -> Instant {
+        self.confirmed_sent() + self.lease.ttl().saturating_sub(self.margin)
+    }
+
+    fn confirm(&self, sent: Instant) {
+        let mut confirmed = self.confirmed_sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sent > *confirmed {
+            *confirmed = sent;
+        }
+    }
+
+    /// Fires the loss signal if the lock can no longer be proven held.
+    fn check_deadline(&self) -> bool {
+        let now = Instant::now();
+        if now < self.proven_until() {
+            return self.lease.loss_signal().is_fired();
+        }
+        let since = now.saturating_duration_since(self.confirmed_sent());
+        if !self.lease.loss_signal().is_fired() {
+            warn!(key = %self.lease.key(), ?since, "no renewal confirmed in time: reporting the lock lost");
+        }
+        self.lease.loss_signal().fire(LostReason::NotConfirmed { since });
+        true
+    }
+
+    fn lost_error(&self, reason: LostReason) -> LockError {
+        LockError::Lost { backend: self.backend.backend(), key: self.lease.key().clone(), reason }
+    }
+
+    async fn renew_once(&self) -> Result<(), LockError> {
+        if self.check_deadline() {
+            let reason = self.lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+            return Err(self.lost_error(reason));
+        }
+        let sent = Instant::now();
+        match timeout_at(self.proven_until(), self.backend.renew(&self.lease)).await {
+            Ok(Ok(())) => {
+                if !self.lease.loss_signal().is_fired() {
+                    self.confirm(sent);
+                }
+                Ok(())
+            }
+            Ok(Err(LockError::Lost { reason, .. })) => {
+                self.lease.loss_signal().fire(reason.clone());
+                Err(self.lost_error(reason))
+            }
+            Ok(Err(other)) => Err(other),
+            Err(_elapsed) => {
+                self.check_deadline();
+                Err(LockError::unavailable(
+                    self.backend.backend(),
+                    Some(self.lease.key()),
+                    "renewal not confirmed before the lock stopped being provably held",
+                ))
+            }
+        }
+    }
+}
+
+/// Renews on schedule and turns a missed deadline into a loss report.
+async fn watch(shared: Arc<Shared>, auto_renew: bool) {
+    let ttl = shared.lease.ttl();
+    let retry_interval = (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        if shared.check_deadline() {
+            return;
+        }
+        let next_renewal = retry_at.unwrap_or_else(|| shared.confirmed_sent() + ttl / 3);
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            _ = shared.lease.loss_signal().fired() => return,
+            () = sleep_until(shared.proven_until()) => {}
+            () = sleep_until(next_renewal), if auto_renew => {
+                let renewed = tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    renewed = shared.renew_once() => renewed,
+                };
+                match renewed {
+                    Ok(()) => retry_at = None,
+                    Err(LockError::Lost { reason, .. }) => {
+                        warn!(%reason, "lock lost");
+                        return;
+                    }
+                    Err(error) => {
+                        warn!(%error, "renewal failed; retrying until the lock can no longer be proven held");
+                        retry_at = Some(Instant::now() + retry_interval);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.shared.stop.cancel();
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        let permit = self.permit.take();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            debug!(key = %self.shared.lease.key(), "guard dropped outside a runtime; the TTL frees the lock");
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        runtime.spawn(async move {
+            if let Err(error) = shared.backend.release(&shared.lease).await {
+                debug!(key = %shared.lease.key(), %error, "best-effort release on drop failed; the TTL frees the lock");
+            }
+            // Other tasks of this client may take the key only now.
+            drop(permit);
+        });
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("backend", &self.shared.backend.backend())
+            .field("lease", &self.shared.lease)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,195 @@
+//! The raw grant a backend hands out, and the signal that reports its loss.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{FencingToken, LockKey, LostReason};
+
+/// A one-shot signal that a held lock is lost, carrying the first reason given.
+///
+/// Backends fire it when they learn of a loss (a lease revoked, a session
+/// expired, a watched key deleted); the guard's watchdog fires it when no
+/// renewal was confirmed in time. Clones share one signal.
+///
+/// ```
+/// # tokio_test_shim::block_on(async {
+/// use lock_core::{LossSignal, LostReason};
+///
+/// let signal = LossSignal::new();
+/// signal.fire(LostReason::SessionEnded);
+/// signal.fire(LostReason::Revoked); // ignored: the first reason stands
+/// assert_eq!(signal.fired().await, LostReason::SessionEnded);
+/// # });
+/// # mod tokio_test_shim { pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) } }
+/// ```
+#[derive(Clone, Default)]
+pub struct LossSignal {
+    token: CancellationToken,
+    reason: Arc<OnceLock<LostReason>>,
+}
+
+impl LossSignal {
+    /// A signal that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fires the signal; only the first call's reason is kept.
+    pub fn fire(&self, reason: LostReason) {
+        if self.reason.set(reason).is_ok() {
+            self.token.cancel();
+        }
+    }
+
+    /// Whether the signal has fired.
+    pub fn is_fired(&self) -> bool {
+        self.reason.get().is_some()
+    }
+
+    /// The reason, once fired.
+    pub fn reason(&self) -> Option<LostReason> {
+        self.reason.get().cloned()
+    }
+
+    /// Completes when the signal fires, with its reason.
+    ///
+    /// Cancel safe: dropping the future has no effect on the signal.
+    pub async fn fired(&self) -> LostReason {
+        self.token.cancelled().await;
+        // Set before the token is cancelled, so always present here.
+        self.reason.get().cloned().unwrap_or(LostReason::Revoked)
+    }
+
+    /// A token cancelled when the signal fires, for `select!`-free code such
+    /// as [`CancellationToken::run_until_cancelled`].
+    pub fn token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+}
+
+impl fmt::Debug for LossSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LossSignal").field("reason", &self.reason.get()).finish()
+    }
+}
+
+/// One grant of one key, as a backend hands it out.
+///
+/// Most code never sees a `Lease`: [`Locks`](crate::Locks) wraps it in a
+/// [`LockGuard`](crate::LockGuard). Backends build it with [`Lease::new`] and
+/// keep whatever they need to renew and release it (a lease id, a session id,
+/// a create revision) as backend data.
+pub struct Lease {
+    key: LockKey,
+    token: FencingToken,
+    owner: String,
+    ttl: Duration,
+    confirmed_at: Instant,
+    loss: LossSignal,
+    released: AtomicBool,
+    backend_data: Arc<dyn Any + Send + Sync>,
+}
+
+impl Lease {
+    /// A lease for `key` with `token`, held by `owner` for `ttl`.
+    ///
+    /// `confirmed_at` must be no later than the moment the service started
+    /// counting this grant's TTL (typically: when the granting request, or the
+    /// last keep-alive of the session it belongs to, was sent); the guard's
+    /// watchdog counts from it. `loss` is the signal the backend fires when it
+    /// learns the grant is gone.
+    pub fn new(
+        key: LockKey,
+        token: FencingToken,
+        owner: String,
+        ttl: Duration,
+        confirmed_at: Instant,
+        loss: LossSignal,
+        backend_data: Arc<dyn Any + Send + Sync>,
+    ) -> Self {
+        Self { key, token, owner, ttl, confirmed_at, loss, released: AtomicBool::new(false), backend_data }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The fencing token of this grant.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The owner string stored with the grant.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The TTL the service applies to this grant.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the grant was last confirmed alive by the service, see [`Lease::new`].
+    pub fn confirmed_at(&self) -> Instant {
+        self.confirmed_at
+    }
+
+    /// The loss signal of this grant.
+    pub fn loss_signal(&self) -> &LossSignal {
+        &self.loss
+    }
+
+    /// The backend's own data, if it is of type `T`.
+    pub fn backend_data<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.backend_data.downcast_ref()
+    }
+
+    /// Whether this lease was released through its backend.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Records a successful release; backends call it so that a second
+    /// release or a renew after it is answered with `NotHeld`.
+    pub fn mark_released(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("owner", &self.owner)
+            .field("ttl", &self.ttl)
+            .field("lost", &self.loss.reason())
+            .field("released", &self.is_released())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who holds a key, as [`inspect`](crate::DistributedLock::inspect) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The holder's owner string.
+    pub owner: String,
+    /// The holder's fencing token.
+    pub token: FencingToken,
+}
+
+impl LockInfo {
+    /// Holder information.
+    pub fn new(owner: impl Into<String>, token: FencingToken) -> Self {
+        Self { owner: owner.into(), token }
+    }
+}

@@ -1,0 +1,271 @@
+//! The in-memory "service": keys, holders, FIFO wait queues, sessions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::{FencingToken, LockInfo, LockKey, LossSignal, LostReason};
+
+/// What a waiter receives: its grant, or why it will never get one.
+pub(super) type Delivery = Result<Grant, LostReason>;
+
+/// A grant as the store records it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Grant {
+    pub(super) token: FencingToken,
+    pub(super) granted_at: Instant,
+}
+
+/// One contender: who asks, for how long, and the signal to fire on loss.
+#[derive(Debug, Clone)]
+pub(super) struct Contender {
+    pub(super) lease_id: u64,
+    pub(super) session: u64,
+    pub(super) owner: String,
+    pub(super) ttl: Duration,
+    pub(super) loss: LossSignal,
+}
+
+/// The outcome of asking for a key.
+pub(super) enum Enqueued {
+    Granted(Grant),
+    Waiting(oneshot::Receiver<Delivery>),
+}
+
+/// The shared state behind every [`MemoryLock`](super::MemoryLock) client of
+/// one store: the stand-in for a lock server.
+///
+/// Clients made by [`MemoryStore::client`] share the store and exclude each
+/// other like clients of one etcd cluster would.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<LockKey, KeyState>,
+    last_token: u64,
+    last_id: u64,
+    ended_sessions: HashSet<u64>,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    holder: Option<Holder>,
+    waiters: VecDeque<(Contender, oneshot::Sender<Delivery>)>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    contender: Contender,
+    token: FencingToken,
+    expires_at: Instant,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new client of this store, with its own session.
+    pub fn client(&self) -> super::MemoryLock {
+        super::MemoryLock::with_store(self.clone())
+    }
+
+    /// Deletes the holder of `key` from outside, as an operator would; the
+    /// holder's guard reports [`LostReason::Revoked`]. Returns whether the
+    /// key was held.
+    pub fn delete(&self, key: &LockKey) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let Some(entry) = state.keys.get_mut(key) else { return false };
+        let removed = entry.holder.take();
+        if let Some(holder) = &removed {
+            holder.contender.loss.fire(LostReason::Revoked);
+        }
+        state.settle(key, now);
+        removed.is_some()
+    }
+
+    /// Ends `session` from outside: its holders lose their locks and its
+    /// waiters fail with [`LostReason::SessionEnded`].
+    pub fn end_session(&self, session: u64) {
+        let mut state = self.lock();
+        state.ended_sessions.insert(session);
+        let now = Instant::now();
+        let keys: Vec<LockKey> = state.keys.keys().cloned().collect();
+        for key in keys {
+            if let Some(entry) = state.keys.get_mut(&key) {
+                if entry.holder.as_ref().is_some_and(|h| h.contender.session == session) {
+                    if let Some(holder) = entry.holder.take() {
+                        holder.contender.loss.fire(LostReason::SessionEnded);
+                    }
+                }
+                let (ended, kept): (VecDeque<_>, VecDeque<_>) =
+                    entry.waiters.drain(..).partition(|(contender, _)| contender.session == session);
+                entry.waiters = kept;
+                for (_, delivery) in ended {
+                    let _ = delivery.send(Err(LostReason::SessionEnded));
+                }
+            }
+            state.settle(&key, now);
+        }
+    }
+
+    /// How many keys starting with `prefix` have a holder or a waiter.
+    pub fn count_under(&self, prefix: &str) -> usize {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let keys: Vec<LockKey> =
+            state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).cloned().collect();
+        keys.iter().for_each(|key| state.settle(key, now));
+        state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).count()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        let mut state = self.lock();
+        state.last_id += 1;
+        state.last_id
+    }
+
+    pub(super) fn is_ended(&self, session: u64) -> bool {
+        self.lock().ended_sessions.contains(&session)
+    }
+
+    /// Grants `key` when it is free and nobody queues for it.
+    pub(super) fn try_grant(&self, key: &LockKey, contender: Contender) -> Option<Grant> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.settle(key, now);
+        let free = state.keys.get(key).is_none_or(|entry| entry.holder.is_none() && entry.waiters.is_empty());
+        free.then(|| state.grant(key, contender, now))
+    }
+
+    /// Grants `key` at once when possible, else queues the contender last.
+    pub(super) fn enqueue(&self, key: &LockKey, contender: Contender) -> Enqueued {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.settle(key, now);
+        let entry = state.keys.entry(key.clone()).or_default();
+        if entry.holder.is_none() && entry.waiters.is_empty() {
+            return Enqueued::Granted(state.grant(key, contender, now));
+        }
+        let (sender, receiver) = oneshot::channel();
+        entry.waiters.push_back((contender, sender));
+        Enqueued::Waiting(receiver)
+    }
+
+    /// When the current holder of `key` expires unless renewed.
+    pub(super) fn holder_expiry(&self, key: &LockKey) -> Option<Instant> {
+        let mut state = self.lock();
+        state.settle(key, Instant::now());
+        state.keys.get(key)?.holder.as_ref().map(|holder| holder.expires_at)
+    }
+
+    /// Expires what is due on `key` and hands it to the next waiter.
+    pub(super) fn settle(&self, key: &LockKey) {
+        self.lock().settle(key, Instant::now());
+    }
+
+    /// Removes a waiter that gave up; if the key had already been granted to
+    /// it but not yet delivered, gives it back so no ghost holder remains.
+    pub(super) fn withdraw(&self, key: &LockKey, lease_id: u64) {
+        let mut state = self.lock();
+        let Some(entry) = state.keys.get_mut(key) else { return };
+        entry.waiters.retain(|(contender, _)| contender.lease_id != lease_id);
+        if entry.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id) {
+            entry.holder = None;
+        }
+        state.settle(key, Instant::now());
+    }
+
+    /// Extends the holder's expiry; false when `lease_id` does not hold `key`.
+    pub(super) fn renew(&self, key: &LockKey, lease_id: u64) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.settle(key, now);
+        let holder = state.keys.get_mut(key).and_then(|entry| entry.holder.as_mut());
+        match holder {
+            Some(holder) if holder.contender.lease_id == lease_id => {
+                holder.expires_at = now + holder.contender.ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Frees `key` if `lease_id` holds it; false otherwise.
+    pub(super) fn release(&self, key: &LockKey, lease_id: u64) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.settle(key, now);
+        let Some(entry) = state.keys.get_mut(key) else { return false };
+        if !entry.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id) {
+            return false;
+        }
+        entry.holder = None;
+        state.settle(key, now);
+        true
+    }
+
+    pub(super) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
+        let mut state = self.lock();
+        state.settle(key, Instant::now());
+        let holder = state.keys.get(key)?.holder.as_ref()?;
+        Some(LockInfo::new(holder.contender.owner.clone(), holder.token))
+    }
+}
+
+impl State {
+    fn grant(&mut self, key: &LockKey, contender: Contender, now: Instant) -> Grant {
+        self.last_token += 1;
+        let token = FencingToken::new(self.last_token);
+        let expires_at = now + contender.ttl;
+        let entry = self.keys.entry(key.clone()).or_default();
+        entry.holder = Some(Holder { contender, token, expires_at });
+        Grant { token, granted_at: now }
+    }
+
+    /// Expires an overdue holder and grants the key to waiters in order,
+    /// skipping those that are gone; drops the entry once unused.
+    fn settle(&mut self, key: &LockKey, now: Instant) {
+        let Some(entry) = self.keys.get_mut(key) else { return };
+        if entry.holder.as_ref().is_some_and(|holder| holder.expires_at <= now) {
+            if let Some(holder) = entry.holder.take() {
+                holder.contender.loss.fire(LostReason::Revoked);
+            }
+        }
+        while self.keys.get(key).is_some_and(|entry| entry.holder.is_none()) {
+            let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front())
+            else {
+                break;
+            };
+            if self.ended_sessions.contains(&contender.session) {
+                let _ = delivery.send(Err(LostReason::SessionEnded));
+                continue;
+            }
+            let lease_id = contender.lease_id;
+            let grant = self.grant(key, contender, now);
+            if delivery.send(Ok(grant)).is_err() {
+                // The waiter is gone: take the grant back and try the next one.
+                if let Some(entry) = self.keys.get_mut(key) {
+                    if entry.holder.as_ref().is_some_and(|h| h.contender.lease_id == lease_id) {
+                        entry.holder = None;
+                    }
+                }
+            }
+        }
+        if self.keys.get(key).is_some_and(|entry| entry.holder.is_none() && entry.waiters.is_empty()) {
+            self.keys.remove(key);
+        }
+    }
+}
