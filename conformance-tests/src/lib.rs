@@ -1,1 +1,83 @@
-//! placeholder
+//! The conformance suite every distlock backend must pass, against the real
+//! service.
+//!
+//! The cases in [`cases`] are written once against the
+//! [`DistributedLock`](lock_core::DistributedLock) contract. A backend
+//! provides a [`Harness`] (make a client; break a lock, a session or a
+//! connection from outside; count what is left on the service) and
+//! instantiates every case as its own test with [`conformance_suite!`]:
+//!
+//! ```ignore
+//! conformance_tests::conformance_suite!(memory, conformance_tests::memory::MemoryHarness::new());
+//! ```
+//!
+//! which yields tests named `memory::acquire_release_round_trip`, ... A
+//! harness whose service cannot be reached panics with instructions for
+//! starting it, so a missing service fails the suite instead of passing it.
+
+pub mod cases;
+mod harness;
+pub mod memory;
+
+pub use harness::{ClientControl, Harness, Namespace, TestClient};
+
+/// Instantiates every case as its own `#[tokio::test]` in module `$name`,
+/// with the harness built by `$harness` (an expression, evaluated per test).
+///
+/// Each test fails if its case runs longer than [`CASE_LIMIT`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $harness:expr) => {
+        $crate::__conformance_cases!($name, $harness;
+            acquire_release_round_trip,
+            mutual_exclusion_across_clients,
+            mutual_exclusion_within_one_client,
+            try_acquire_on_held_key_fails_fast,
+            acquire_deadline_times_out_and_leaves_nothing,
+            cancelled_acquire_leaves_no_ghost,
+            cancel_racing_release_leaves_no_ghost,
+            release_wakes_waiter,
+            fencing_tokens_strictly_increase,
+            renewal_keeps_lock_past_ttl,
+            unrenewed_lock_expires,
+            killed_holder_process_frees_lock,
+            lock_broken_from_outside_is_reported_lost,
+            waiter_with_ended_session_fails_with_lost,
+            cut_off_holder_reports_loss_before_regrant,
+            double_release_is_an_error,
+            keys_are_independent,
+            invalid_input_rejected_before_network,
+            one_client_holds_many_locks,
+            waiters_served_in_order,
+            unreachable_endpoint_is_unavailable
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($name:ident, $harness:expr; $($case:ident),*) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let harness: ::std::sync::Arc<dyn $crate::Harness> = ::std::sync::Arc::new($harness);
+                    $crate::run_case(stringify!($case), $crate::cases::$case(harness)).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The longest one case may run before it fails as hung.
+pub const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs one case, failing it when it exceeds [`CASE_LIMIT`].
+pub async fn run_case(name: &str, case: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(CASE_LIMIT, case).await.is_err() {
+        panic!("case {name} hung: no result within {CASE_LIMIT:?}");
+    }
+}

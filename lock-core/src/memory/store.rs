@@ -117,14 +117,18 @@ impl MemoryStore {
         }
     }
 
-    /// How many keys starting with `prefix` have a holder or a waiter.
+    /// How many holders and waiters the store keeps for keys starting with
+    /// `prefix`.
     pub fn count_under(&self, prefix: &str) -> usize {
         let mut state = self.lock();
         let now = Instant::now();
         let keys: Vec<LockKey> =
             state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).cloned().collect();
         keys.iter().for_each(|key| state.settle(key, now));
-        state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).count()
+        keys.iter()
+            .filter_map(|key| state.keys.get(key))
+            .map(|entry| usize::from(entry.holder.is_some()) + entry.waiters.len())
+            .sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -1,0 +1,18 @@
+//! The conformance cases: plain async functions, written once against the
+//! trait, that panic with the backend's name and the failed step.
+//!
+//! Every case takes the harness as `Arc<dyn Harness>`, makes its own random
+//! namespace, and checks that the service is left clean.
+
+mod basic;
+mod exclusion;
+mod expiry;
+mod loss;
+mod support;
+mod waiting;
+
+pub use basic::*;
+pub use exclusion::*;
+pub use expiry::*;
+pub use loss::*;
+pub use waiting::*;
