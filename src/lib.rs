@@ -17,3 +17,8 @@
 //! ```
 
 pub use lock_core::*;
+
+/// Compiles and runs the examples in README.md as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

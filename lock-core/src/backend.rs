@@ -57,7 +57,12 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     /// # Cancel safety
     /// Dropping the future at any point leaves no holder and no waiter behind;
     /// cleanup that needs the network is started before the drop returns.
-    async fn acquire(&self, key: &LockKey, options: &LockOptions, deadline: Option<Instant>) -> Result<Lease, LockError>;
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Lease, LockError>;
 
     /// Makes one attempt: the lease when `key` is free, `None` when it is
     /// held (or contended) elsewhere, without waiting for the holder.

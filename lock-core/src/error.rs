@@ -157,10 +157,7 @@ mod tests {
     fn messages_name_backend_and_key() {
         let key = LockKey::new("jobs/nightly").ok();
         let err = LockError::unavailable("etcd", key.as_ref(), "connection refused");
-        assert_eq!(
-            err.to_string(),
-            "the etcd backend is unavailable for lock \"jobs/nightly\": connection refused"
-        );
+        assert_eq!(err.to_string(), "the etcd backend is unavailable for lock \"jobs/nightly\": connection refused");
         let err = LockError::unavailable("etcd", None, "connection refused");
         assert_eq!(err.to_string(), "the etcd backend is unavailable: connection refused");
         assert!(err.is_transient());

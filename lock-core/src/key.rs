@@ -144,10 +144,7 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_control() {
         assert_eq!(LockKey::check(""), Err(KeyError::Empty));
-        assert_eq!(
-            LockKey::check(&"x".repeat(MAX_KEY_BYTES + 1)),
-            Err(KeyError::TooLong { len: MAX_KEY_BYTES + 1 })
-        );
+        assert_eq!(LockKey::check(&"x".repeat(MAX_KEY_BYTES + 1)), Err(KeyError::TooLong { len: MAX_KEY_BYTES + 1 }));
         // 171 three-byte characters are 513 bytes, though only 171 chars.
         assert!(matches!(LockKey::check(&"锁".repeat(171)), Err(KeyError::TooLong { .. })));
         for bad in ["a\0b", "a\nb", "\t", "x\u{7f}", "x\u{85}"] {

@@ -39,12 +39,7 @@ impl LockOptions {
     /// (see [`default_owner`]), auto-renew on, a safety margin of a fifth of
     /// the TTL.
     pub fn new() -> Self {
-        Self {
-            ttl: None,
-            owner: default_owner().to_owned(),
-            auto_renew: true,
-            safety_margin: None,
-        }
+        Self { ttl: None, owner: default_owner().to_owned(), auto_renew: true, safety_margin: None }
     }
 
     /// How long the lock survives a holder that stops renewing.
@@ -124,10 +119,7 @@ impl LockOptions {
             return invalid(format!("safety margin {margin:?} must be shorter than the TTL {ttl:?}"));
         }
         if self.owner.is_empty() || self.owner.len() > MAX_OWNER_BYTES {
-            return invalid(format!(
-                "owner string must be 1 to {MAX_OWNER_BYTES} bytes, got {}",
-                self.owner.len()
-            ));
+            return invalid(format!("owner string must be 1 to {MAX_OWNER_BYTES} bytes, got {}", self.owner.len()));
         }
         if self.owner.chars().any(char::is_control) {
             return invalid(format!("owner string {:?} holds a control character", self.owner));

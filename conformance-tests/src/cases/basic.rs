@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::support::{GRACE, acquire, assert_clean, ok, options, release, take, within};
 use crate::{Harness, Namespace};
 
-/// 1. Acquire and release; `inspect` shows the holder and its token while
+/// Case 1: Acquire and release; `inspect` shows the holder and its token while
 /// held, nothing after.
 pub async fn acquire_release_round_trip(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -33,7 +33,7 @@ pub async fn acquire_release_round_trip(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after release").await;
 }
 
-/// 3. `try_acquire` on a held key returns `None` without waiting for the
+/// Case 3: `try_acquire` on a held key returns `None` without waiting for the
 /// holder and leaves no waiter behind.
 pub async fn try_acquire_on_held_key_fails_fast(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -54,7 +54,7 @@ pub async fn try_acquire_on_held_key_fails_fast(h: std::sync::Arc<dyn Harness>) 
     assert_clean(h, ns.prefix(), "after release").await;
 }
 
-/// 14. Releasing a lease twice is an error (`NotHeld`), not a panic, and so
+/// Case 14: Releasing a lease twice is an error (`NotHeld`), not a panic, and so
 /// is renewing a released lease.
 pub async fn double_release_is_an_error(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -72,7 +72,7 @@ pub async fn double_release_is_an_error(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after double release").await;
 }
 
-/// 15. Keys that differ only in `/`, `%`, trailing or doubled separators,
+/// Case 15: Keys that differ only in `/`, `%`, trailing or doubled separators,
 /// spaces, dots or non-ASCII are independent locks; the longest valid key works.
 pub async fn keys_are_independent(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -107,7 +107,7 @@ pub async fn keys_are_independent(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after releasing every key").await;
 }
 
-/// 16. Invalid keys and options are rejected before any network call: the
+/// Case 16: Invalid keys and options are rejected before any network call: the
 /// client is cut off from the service, and the errors still come at once.
 pub async fn invalid_input_rejected_before_network(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -137,7 +137,7 @@ pub async fn invalid_input_rejected_before_network(h: std::sync::Arc<dyn Harness
     assert_clean(h, ns.prefix(), "after rejected input").await;
 }
 
-/// 19. An endpoint nobody listens on gives `Unavailable` within the connect
+/// Case 19: An endpoint nobody listens on gives `Unavailable` within the connect
 /// timeout, instead of hanging.
 pub async fn unreachable_endpoint_is_unavailable(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -148,11 +148,17 @@ pub async fn unreachable_endpoint_is_unavailable(h: std::sync::Arc<dyn Harness>)
     let result = match built {
         Err(error) => Err(error),
         Ok(locks) => {
-            let attempt = within(h, "try_acquire on unreachable endpoint", bound, locks.lock(ns.key("k").as_str()).try_acquire()).await;
+            let attempt =
+                within(h, "try_acquire on unreachable endpoint", bound, locks.lock(ns.key("k").as_str()).try_acquire())
+                    .await;
             attempt.map(|_| ())
         }
     };
     let elapsed = started.elapsed();
-    assert!(matches!(result, Err(LockError::Unavailable { .. })), "[{}] unreachable endpoint gave {result:?}", h.name());
+    assert!(
+        matches!(result, Err(LockError::Unavailable { .. })),
+        "[{}] unreachable endpoint gave {result:?}",
+        h.name()
+    );
     assert!(elapsed <= bound, "[{}] Unavailable took {elapsed:?}, connect timeout {connect_timeout:?}", h.name());
 }

@@ -54,7 +54,7 @@ async fn guarded_counter(h: &Arc<dyn Harness>, clients: Vec<Locks>, key: LockKey
     assert_eq!(counter.load(Ordering::SeqCst), expected, "[{}] lost updates: the lock did not exclude", h.name());
 }
 
-/// 2a. 8 clients x 50 acquisitions of one key guard an unsynchronised
+/// Case 2a: 8 clients x 50 acquisitions of one key guard an unsynchronised
 /// read-sleep-write counter: the count is exact, never two are inside.
 pub async fn mutual_exclusion_across_clients(h: Arc<dyn Harness>) {
     let ns = Namespace::new();
@@ -69,7 +69,7 @@ pub async fn mutual_exclusion_across_clients(h: Arc<dyn Harness>) {
     assert_clean(&*h, ns.prefix(), "after contention").await;
 }
 
-/// 2b. The same with 8 tasks sharing one client: exclusion between tasks of
+/// Case 2b: The same with 8 tasks sharing one client: exclusion between tasks of
 /// one client never depends on the service.
 pub async fn mutual_exclusion_within_one_client(h: Arc<dyn Harness>) {
     let ns = Namespace::new();
@@ -78,7 +78,7 @@ pub async fn mutual_exclusion_within_one_client(h: Arc<dyn Harness>) {
     assert_clean(&*h, ns.prefix(), "after contention").await;
 }
 
-/// 7. Fencing tokens strictly increase over 100 grants across 3 clients, then
+/// Case 7: Fencing tokens strictly increase over 100 grants across 3 clients, then
 /// across an expiry and across a brand-new client.
 pub async fn fencing_tokens_strictly_increase(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -97,12 +97,14 @@ pub async fn fencing_tokens_strictly_increase(h: std::sync::Arc<dyn Harness>) {
         release(h, guard).await;
     }
     // A grant that is never renewed nor released, left to expire.
-    let abandoned = ok(h, "raw try_acquire", clients[0].locks.backend().try_acquire(&key, &options(h, "abandoned")).await)
-        .unwrap_or_else(|| panic!("[{}] raw try_acquire of a free key returned None", h.name()));
+    let abandoned =
+        ok(h, "raw try_acquire", clients[0].locks.backend().try_acquire(&key, &options(h, "abandoned")).await)
+            .unwrap_or_else(|| panic!("[{}] raw try_acquire of a free key returned None", h.name()));
     check(abandoned.token(), "abandoned grant");
     if clients[0].locks.capabilities().expires {
         let bound = h.ttl() * 3 + clients[0].locks.capabilities().expiry_slack + STEP;
-        let after_expiry = within(h, "acquire after expiry", bound, acquire(h, &clients[1].locks, &key, &options(h, "next"))).await;
+        let after_expiry =
+            within(h, "acquire after expiry", bound, acquire(h, &clients[1].locks, &key, &options(h, "next"))).await;
         check(after_expiry.token(), "grant after expiry");
         release(h, after_expiry).await;
     } else {
@@ -115,7 +117,7 @@ pub async fn fencing_tokens_strictly_increase(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after fencing").await;
 }
 
-/// 17. One client holds 1,000 locks at once, keeps them all past 2 x TTL,
+/// Case 17: One client holds 1,000 locks at once, keeps them all past 2 x TTL,
 /// releases them all, and nothing is left on the service.
 pub async fn one_client_holds_many_locks(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;

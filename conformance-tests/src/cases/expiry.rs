@@ -10,7 +10,7 @@ use tokio::time::{Instant, sleep};
 use super::support::{GRACE, STEP, acquire, assert_clean, ok, options, release, take, within};
 use crate::{Harness, Namespace};
 
-/// 8. Auto-renewal keeps the lock past several TTLs while another client
+/// Case 8: Auto-renewal keeps the lock past several TTLs while another client
 /// waits for it in vain.
 pub async fn renewal_keeps_lock_past_ttl(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -19,8 +19,18 @@ pub async fn renewal_keeps_lock_past_ttl(h: std::sync::Arc<dyn Harness>) {
     let (holder, waiter) = (h.client().await, h.client().await);
     let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
     let wait = h.ttl() * 3;
-    let attempt = within(h, "waiter", wait + GRACE, waiter.locks.acquire(&key, &options(h, "waiter"), Some(Instant::now() + wait))).await;
-    assert!(matches!(attempt, Err(LockError::Timeout { .. })), "[{}] a renewed lock was granted: {attempt:?}", h.name());
+    let attempt = within(
+        h,
+        "waiter",
+        wait + GRACE,
+        waiter.locks.acquire(&key, &options(h, "waiter"), Some(Instant::now() + wait)),
+    )
+    .await;
+    assert!(
+        matches!(attempt, Err(LockError::Timeout { .. })),
+        "[{}] a renewed lock was granted: {attempt:?}",
+        h.name()
+    );
     assert!(!guard.is_lost(), "[{}] a renewed lock was reported lost", h.name());
     let info = ok(h, "inspect", waiter.locks.inspect(&key).await);
     assert_eq!(info.map(|i| i.token), Some(guard.token()), "[{}] holder after 3 x TTL", h.name());
@@ -28,7 +38,7 @@ pub async fn renewal_keeps_lock_past_ttl(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after renewal").await;
 }
 
-/// 9. Without renewal the lock frees within TTL + expiry slack, not before
+/// Case 9: Without renewal the lock frees within TTL + expiry slack, not before
 /// the TTL, and the holder's guard reports the loss before anyone else is
 /// granted the lock.
 pub async fn unrenewed_lock_expires(h: std::sync::Arc<dyn Harness>) {
@@ -66,7 +76,7 @@ pub async fn unrenewed_lock_expires(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after expiry").await;
 }
 
-/// 10. A holder process killed with SIGKILL frees the lock within TTL +
+/// Case 10: A holder process killed with SIGKILL frees the lock within TTL +
 /// slack, and for TTL backends not immediately.
 pub async fn killed_holder_process_frees_lock(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -79,9 +89,9 @@ pub async fn killed_holder_process_frees_lock(h: std::sync::Arc<dyn Harness>) {
         return;
     }
     let ttl = h.ttl();
-    let mut command = h
-        .holder_process(&key, ttl)
-        .unwrap_or_else(|| panic!("[{}] the backend is shared across processes, so its harness must run a holder process", h.name()));
+    let mut command = h.holder_process(&key, ttl).unwrap_or_else(|| {
+        panic!("[{}] the backend is shared across processes, so its harness must run a holder process", h.name())
+    });
     let mut child = command
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -103,7 +113,13 @@ pub async fn killed_holder_process_frees_lock(h: std::sync::Arc<dyn Harness>) {
     let killed_at = Instant::now();
     let _ = child.wait().await;
     let bound = ttl + caps.expiry_slack + GRACE;
-    let guard = within(h, "acquire after the holder was killed", bound, acquire(h, &client.locks, &key, &options(h, "survivor"))).await;
+    let guard = within(
+        h,
+        "acquire after the holder was killed",
+        bound,
+        acquire(h, &client.locks, &key, &options(h, "survivor")),
+    )
+    .await;
     let freed_after = killed_at.elapsed();
     assert!(guard.token().get() > token, "[{}] token did not increase after the kill", h.name());
     if caps.expires {

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::support::{GRACE, STEP, acquire, assert_clean, await_waiters, ok, options, release, take, within};
 use crate::{Harness, Namespace};
 
-/// 11. A lock broken from outside: `lost()` completes within the TTL, then
+/// Case 11: A lock broken from outside: `lost()` completes within the TTL, then
 /// `renew()` and `release()` return `Lost`, and another client can take it.
 pub async fn lock_broken_from_outside_is_reported_lost(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -29,7 +29,7 @@ pub async fn lock_broken_from_outside_is_reported_lost(h: std::sync::Arc<dyn Har
     assert_clean(h, ns.prefix(), "after broken lock").await;
 }
 
-/// 12. A waiter whose own lease or session ends while it waits fails
+/// Case 12: A waiter whose own lease or session ends while it waits fails
 /// promptly with `Lost`, not when the holder lets go, and never with a grant.
 pub async fn waiter_with_ended_session_fails_with_lost(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -59,7 +59,7 @@ async fn await_leftover_one(h: &dyn Harness, prefix: &str) {
     super::support::await_leftover(h, prefix, 1, "only the holder remains").await;
 }
 
-/// 13. A holder cut off from the service reports `lost()` within the TTL and
+/// Case 13: A holder cut off from the service reports `lost()` within the TTL and
 /// before anyone else is granted the lock; another client acquires once the
 /// service frees it.
 pub async fn cut_off_holder_reports_loss_before_regrant(h: std::sync::Arc<dyn Harness>) {

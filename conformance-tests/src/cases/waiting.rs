@@ -10,7 +10,7 @@ use tokio::time::{Instant, sleep, timeout};
 use super::support::{GRACE, STEP, assert_clean, await_leftover, await_waiters, ok, options, release, take, within};
 use crate::{Harness, Namespace};
 
-/// 4. `acquire` with a deadline on a held key returns `Timeout` at the
+/// Case 4: `acquire` with a deadline on a held key returns `Timeout` at the
 /// deadline and leaves nothing behind: no waiter, and no grant later.
 pub async fn acquire_deadline_times_out_and_leaves_nothing(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -20,17 +20,28 @@ pub async fn acquire_deadline_times_out_and_leaves_nothing(h: std::sync::Arc<dyn
     let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
     let wait = h.ttl() / 2;
     let started = Instant::now();
-    let attempt = within(h, "acquire with deadline", wait + GRACE, waiter.locks.acquire(&key, &options(h, "waiter"), Some(started + wait))).await;
+    let attempt = within(
+        h,
+        "acquire with deadline",
+        wait + GRACE,
+        waiter.locks.acquire(&key, &options(h, "waiter"), Some(started + wait)),
+    )
+    .await;
     let elapsed = started.elapsed();
     assert!(matches!(attempt, Err(LockError::Timeout { .. })), "[{}] expected Timeout, got {attempt:?}", h.name());
     assert!(elapsed >= wait, "[{}] Timeout after {elapsed:?}, before the {wait:?} deadline", h.name());
     assert_eq!(h.leftover(ns.prefix()).await, 1, "[{}] the timed-out waiter left state behind", h.name());
     release(h, guard).await;
-    assert_eq!(ok(h, "inspect", holder.locks.inspect(&key).await), None, "[{}] a timed-out waiter got the lock", h.name());
+    assert_eq!(
+        ok(h, "inspect", holder.locks.inspect(&key).await),
+        None,
+        "[{}] a timed-out waiter got the lock",
+        h.name()
+    );
     assert_clean(h, ns.prefix(), "after timeout").await;
 }
 
-/// 5a. An acquire dropped while waiting, 20 times at varied moments, leaves
+/// Case 5a: An acquire dropped while waiting, 20 times at varied moments, leaves
 /// no ghost holder or waiter.
 pub async fn cancelled_acquire_leaves_no_ghost(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -45,14 +56,19 @@ pub async fn cancelled_acquire_leaves_no_ghost(h: std::sync::Arc<dyn Harness>) {
     }
     await_leftover(h, ns.prefix(), 1, "cancelled waiters cleaned up").await;
     release(h, guard).await;
-    assert_eq!(ok(h, "inspect", waiter.locks.inspect(&key).await), None, "[{}] a cancelled acquire holds the lock", h.name());
+    assert_eq!(
+        ok(h, "inspect", waiter.locks.inspect(&key).await),
+        None,
+        "[{}] a cancelled acquire holds the lock",
+        h.name()
+    );
     let third = h.client().await;
     let free = take(h, &third.locks, &key, &options(h, "third")).await;
     release(h, free).await;
     assert_clean(h, ns.prefix(), "after cancelled acquires").await;
 }
 
-/// 5b. An acquire dropped just as the holder releases (the grant may already
+/// Case 5b: An acquire dropped just as the holder releases (the grant may already
 /// be on its way) leaves no ghost holder either, 20 times.
 pub async fn cancel_racing_release_leaves_no_ghost(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -80,7 +96,7 @@ pub async fn cancel_racing_release_leaves_no_ghost(h: std::sync::Arc<dyn Harness
     assert_clean(h, ns.prefix(), "after racing cancels").await;
 }
 
-/// 6. Releasing wakes a waiting client at once: it holds the lock well
+/// Case 6: Releasing wakes a waiting client at once: it holds the lock well
 /// before any TTL could have run out.
 pub async fn release_wakes_waiter(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -103,7 +119,7 @@ pub async fn release_wakes_waiter(h: std::sync::Arc<dyn Harness>) {
     assert_clean(h, ns.prefix(), "after hand-off").await;
 }
 
-/// 18. Backends that declare FIFO grant waiters in the order they asked;
+/// Case 18: Backends that declare FIFO grant waiters in the order they asked;
 /// others still serve every waiter.
 pub async fn waiters_served_in_order(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
@@ -142,4 +158,3 @@ pub async fn waiters_served_in_order(h: std::sync::Arc<dyn Harness>) {
     }
     assert_clean(h, ns.prefix(), "after the queue drained").await;
 }
-

@@ -12,10 +12,7 @@ use tokio::time::{Instant, sleep_until};
 pub use store::MemoryStore;
 use store::{Contender, Enqueued, Grant};
 
-use crate::{
-    Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal,
-    LostReason,
-};
+use crate::{Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal, LostReason};
 use link::Link;
 
 const BACKEND: &str = "memory";
@@ -191,7 +188,12 @@ impl DistributedLock for MemoryLock {
             .with_shared_across_processes(false)
     }
 
-    async fn acquire(&self, key: &LockKey, options: &LockOptions, deadline: Option<Instant>) -> Result<Lease, LockError> {
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Lease, LockError> {
         let started = Instant::now();
         self.send(Some(key)).await?;
         let contender = self.contender(options);
@@ -261,4 +263,3 @@ impl DistributedLock for MemoryLock {
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
-

@@ -122,8 +122,7 @@ impl MemoryStore {
     pub fn count_under(&self, prefix: &str) -> usize {
         let mut state = self.lock();
         let now = Instant::now();
-        let keys: Vec<LockKey> =
-            state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).cloned().collect();
+        let keys: Vec<LockKey> = state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).cloned().collect();
         keys.iter().for_each(|key| state.settle(key, now));
         keys.iter()
             .filter_map(|key| state.keys.get(key))
@@ -186,7 +185,7 @@ impl MemoryStore {
         let mut state = self.lock();
         let Some(entry) = state.keys.get_mut(key) else { return };
         entry.waiters.retain(|(contender, _)| contender.lease_id != lease_id);
-        if entry.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id) {
+        if entry.held_by(lease_id) {
             entry.holder = None;
         }
         state.settle(key, Instant::now());
@@ -213,7 +212,7 @@ impl MemoryStore {
         let now = Instant::now();
         state.settle(key, now);
         let Some(entry) = state.keys.get_mut(key) else { return false };
-        if !entry.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id) {
+        if !entry.held_by(lease_id) {
             return false;
         }
         entry.holder = None;
@@ -226,6 +225,12 @@ impl MemoryStore {
         state.settle(key, Instant::now());
         let holder = state.keys.get(key)?.holder.as_ref()?;
         Some(LockInfo::new(holder.contender.owner.clone(), holder.token))
+    }
+}
+
+impl KeyState {
+    fn held_by(&self, lease_id: u64) -> bool {
+        self.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id)
     }
 }
 
@@ -249,8 +254,7 @@ impl State {
             }
         }
         while self.keys.get(key).is_some_and(|entry| entry.holder.is_none()) {
-            let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front())
-            else {
+            let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front()) else {
                 break;
             };
             if self.ended_sessions.contains(&contender.session) {
@@ -261,10 +265,8 @@ impl State {
             let grant = self.grant(key, contender, now);
             if delivery.send(Ok(grant)).is_err() {
                 // The waiter is gone: take the grant back and try the next one.
-                if let Some(entry) = self.keys.get_mut(key) {
-                    if entry.holder.as_ref().is_some_and(|h| h.contender.lease_id == lease_id) {
-                        entry.holder = None;
-                    }
+                if let Some(entry) = self.keys.get_mut(key).filter(|entry| entry.held_by(lease_id)) {
+                    entry.holder = None;
                 }
             }
         }
