@@ -74,8 +74,14 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     /// As [`acquire`](Self::acquire).
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError>;
 
-    /// Extends the lease by its TTL, counted by the service from when it
-    /// receives the request.
+    /// Proves the lease still held and extends it by its TTL.
+    ///
+    /// Returns an instant no later than the moment the service started
+    /// counting the extended TTL (typically when the request, or the shared
+    /// keep-alive that proves it, was sent); the guard's watchdog counts from
+    /// it. A backend that keeps one lease or session alive for all its locks
+    /// may answer from its last confirmed keep-alive without a request per
+    /// lock, as long as it learns of the lock's own deletion (a watch).
     ///
     /// # Errors
     /// [`LockError::Lost`] when the service no longer holds the lease for us;
@@ -84,7 +90,7 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped renew either extended the lease or did not.
-    async fn renew(&self, lease: &Lease) -> Result<(), LockError>;
+    async fn renew(&self, lease: &Lease) -> Result<Instant, LockError>;
 
     /// Gives the lease up, only if the service still holds it for us: a stale
     /// lease never releases a later holder's grant.

@@ -227,11 +227,10 @@ impl Shared {
             let reason = self.lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
             return Err(self.lost_error(reason));
         }
-        let sent = Instant::now();
         match timeout_at(self.proven_until(), self.backend.renew(&self.lease)).await {
-            Ok(Ok(())) => {
+            Ok(Ok(confirmed_at)) => {
                 if !self.lease.loss_signal().is_fired() {
-                    self.confirm(sent);
+                    self.confirm(confirmed_at);
                 }
                 Ok(())
             }
@@ -259,6 +258,14 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
     let mut retry_at: Option<Instant> = None;
     loop {
         if shared.check_deadline() {
+            if let Some(LostReason::NotConfirmed { .. }) = shared.lease.loss_signal().reason() {
+                // Free what the service may still hold for us, so waiters need
+                // not wait for the TTL; release only ever removes our own grant.
+                tokio::select! {
+                    () = shared.stop.cancelled() => {}
+                    _ = shared.backend.release(&shared.lease) => {}
+                }
+            }
             return;
         }
         let next_renewal = retry_at.unwrap_or_else(|| shared.confirmed_sent() + ttl / 3);

@@ -231,13 +231,14 @@ impl DistributedLock for MemoryLock {
         Ok(self.store.try_grant(key, contender.clone()).map(|grant| Self::lease(key, contender, grant)))
     }
 
-    async fn renew(&self, lease: &Lease) -> Result<(), LockError> {
+    async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
         let lease_id = Self::lease_id(lease)?;
         if lease.is_released() {
             return Err(Self::gone(lease));
         }
+        let sent = Instant::now();
         self.send(Some(lease.key())).await?;
-        if self.store.renew(lease.key(), lease_id) { Ok(()) } else { Err(Self::gone(lease)) }
+        if self.store.renew(lease.key(), lease_id) { Ok(sent) } else { Err(Self::gone(lease)) }
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
