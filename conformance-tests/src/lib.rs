@@ -16,8 +16,11 @@
 //! starting it, so a missing service fails the suite instead of passing it.
 
 pub mod cases;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod harness;
 pub mod memory;
+pub mod proxy;
 
 pub use harness::{ClientControl, Harness, Namespace, TestClient};
 

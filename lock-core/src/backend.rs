@@ -24,9 +24,14 @@ use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
 ///   is reported lost.
 /// * **Fencing.** Each grant of a key carries a [`FencingToken`](crate::FencingToken)
 ///   greater than every earlier grant's, across expiry and client restarts.
-/// * **Expiry.** A lease not renewed for its TTL is freed by the service within
-///   [`Capabilities::expiry_slack`] after the TTL (backends that declare
-///   [`Capabilities::expires`] `false` free it when the holder process dies).
+/// * **Expiry.** When a holder's client falls silent (its process paused,
+///   killed or cut off from the service), the service frees its leases within
+///   [`Capabilities::expiry_slack`] after the TTL, counted from the last
+///   renewal it received. Backends that keep one session alive for all leases
+///   of a client (etcd, Consul, ZooKeeper) keep an unrenewed lease for as long
+///   as the client lives; a guard that gives its lock up releases it.
+///   Backends that declare [`Capabilities::expires`] `false` free a lease when
+///   the holder process dies.
 /// * **No leftovers.** A cancelled, failed or timed-out acquisition leaves no
 ///   holder and no waiter behind; a released lease leaves no state behind.
 /// * **One grant per key per client.** A backend may assume one client never

@@ -274,11 +274,15 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
             _ = shared.lease.loss_signal().fired() => return,
             () = sleep_until(shared.proven_until()) => {}
             () = sleep_until(next_renewal), if auto_renew => {
+                let before = shared.confirmed_sent();
                 let renewed = tokio::select! {
                     () = shared.stop.cancelled() => return,
                     renewed = shared.renew_once() => renewed,
                 };
                 match renewed {
+                    // A backend answering from a shared keep-alive may have no
+                    // newer proof yet: ask again shortly rather than spin.
+                    Ok(()) if shared.confirmed_sent() <= before => retry_at = Some(Instant::now() + retry_interval),
                     Ok(()) => retry_at = None,
                     Err(LockError::Lost { reason, .. }) => {
                         warn!(%reason, "lock lost");

@@ -102,11 +102,14 @@ pub async fn fencing_tokens_strictly_increase(h: std::sync::Arc<dyn Harness>) {
             .unwrap_or_else(|| panic!("[{}] raw try_acquire of a free key returned None", h.name()));
     check(abandoned.token(), "abandoned grant");
     if clients[0].locks.capabilities().expires {
+        // Its client falls silent too, as a paused or dead holder would.
+        clients[0].control.cut_off().await;
         let bound = h.ttl() * 3 + clients[0].locks.capabilities().expiry_slack + STEP;
         let after_expiry =
             within(h, "acquire after expiry", bound, acquire(h, &clients[1].locks, &key, &options(h, "next"))).await;
         check(after_expiry.token(), "grant after expiry");
         release(h, after_expiry).await;
+        clients[0].control.restore().await;
     } else {
         ok(h, "release abandoned grant", clients[0].locks.backend().release(&abandoned).await);
     }

@@ -1,0 +1,106 @@
+//! A loopback TCP proxy a test can stall, to cut a client off from its
+//! service the way a network partition does: connections stay open, bytes
+//! stop flowing, nothing is refused.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A proxy from a local port to `upstream`.
+#[derive(Debug)]
+pub struct StallProxy {
+    address: SocketAddr,
+    stalled: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl StallProxy {
+    /// Listens on an ephemeral loopback port and forwards to `upstream`.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let address = listener.local_addr()?;
+        let (stalled, watching) = watch::channel(false);
+        let task = tokio::spawn(accept(listener, upstream, watching));
+        Ok(Self { address, stalled, task })
+    }
+
+    /// A proxy that accepts connections and never forwards a byte: an
+    /// endpoint that is reachable at the TCP level and never answers.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn black_hole() -> io::Result<Self> {
+        let proxy = Self::start(SocketAddr::from(([127, 0, 0, 1], 9))).await?;
+        proxy.stall();
+        Ok(proxy)
+    }
+
+    /// The address clients connect to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops forwarding in both directions.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards again.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, upstream: SocketAddr, stalled: watch::Receiver<bool>) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((client, _)) = listener.accept().await {
+        let stalled = stalled.clone();
+        connections.spawn(async move {
+            if await_flowing(&stalled).await.is_err() {
+                return;
+            }
+            let Ok(server) = TcpStream::connect(upstream).await else { return };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::select! {
+                _ = pump(client_read, server_write, stalled.clone()) => {}
+                _ = pump(server_read, client_write, stalled) => {}
+            }
+        });
+    }
+}
+
+async fn await_flowing(stalled: &watch::Receiver<bool>) -> Result<(), watch::error::RecvError> {
+    stalled.clone().wait_for(|stalled| !*stalled).await.map(|_| ())
+}
+
+/// Copies bytes, holding each chunk back while the proxy is stalled.
+async fn pump(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    stalled: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        await_flowing(&stalled).await.map_err(io::Error::other)?;
+        let read = from.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        await_flowing(&stalled).await.map_err(io::Error::other)?;
+        to.write_all(&buffer[..read]).await?;
+    }
+}

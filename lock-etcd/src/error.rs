@@ -1,0 +1,43 @@
+//! Mapping etcd and transport errors onto the core error kinds.
+
+use lock_core::{LockError, LockKey};
+use tonic::Code;
+
+use crate::BACKEND;
+
+/// Classifies an etcd client error: transport trouble and gRPC codes that
+/// mean "not reachable or not answering" become `Unavailable`, the rest
+/// `Backend`.
+pub(crate) fn map(key: Option<&LockKey>, error: etcd_client::Error) -> LockError {
+    use etcd_client::Error as E;
+    let transient = match &error {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted
+        ),
+        _ => false,
+    };
+    if transient { LockError::unavailable(BACKEND, key, error) } else { LockError::backend(BACKEND, key, error) }
+}
+
+/// A request that got no answer within the request timeout.
+pub(crate) fn timed_out(key: Option<&LockKey>, what: &str, limit: std::time::Duration) -> LockError {
+    LockError::unavailable(BACKEND, key, format!("{what}: no answer within {limit:?}"))
+}
+
+/// A reply that lacks what etcd always sends.
+pub(crate) fn malformed(key: Option<&LockKey>, what: &str) -> LockError {
+    LockError::backend(BACKEND, key, format!("malformed etcd reply: {what}"))
+}
+
+/// Whether etcd refused a request because the lease it names does not exist.
+pub(crate) fn is_lease_not_found(error: &LockError) -> bool {
+    let LockError::Backend { source, .. } = error else { return false };
+    match source.downcast_ref::<etcd_client::Error>() {
+        Some(etcd_client::Error::GRpcStatus(status)) => {
+            status.code() == Code::NotFound && status.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}

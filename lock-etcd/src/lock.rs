@@ -1,0 +1,555 @@
+//! The lock recipe: etcd's own mutex, with fencing, loss reporting and
+//! cleanup of every cancelled or timed-out attempt.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use lock_core::{
+    Capabilities, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal,
+    LostReason,
+};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::client::{Session, Sessions, connect};
+use crate::layout::{contender_key, contenders_prefix};
+use crate::watch::{WatchEnd, WatchHub};
+use crate::{BACKEND, EtcdConfig, error};
+
+/// A distributed lock on etcd, wire-compatible with etcd's own lock.
+///
+/// Each client holds one lease, kept alive by one keep-alive stream for all
+/// its locks, and one watch stream for all its waits. A contender writes
+/// `{lock name}/{lease hex}` attached to the lease; the lowest create revision
+/// holds; each waiter watches only the contender just before it; the fencing
+/// token is the holder key's create revision. See the [crate docs](crate) for
+/// the key layout and the guarantees.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), lock_core::LockError> {
+/// use lock_core::Locks;
+/// use lock_etcd::{EtcdConfig, EtcdLock};
+///
+/// let locks = Locks::new(EtcdLock::connect(EtcdConfig::from_env()).await?);
+/// let guard = locks.lock("jobs/nightly").acquire().await?;
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct EtcdLock {
+    client: Client,
+    config: EtcdConfig,
+    sessions: Sessions,
+    hub: Arc<WatchHub>,
+    /// Deletions of cancelled attempts' keys still in flight, by etcd key; a
+    /// new attempt on the same key waits for them.
+    cleanups: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl std::fmt::Debug for EtcdLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdLock")
+            .field("endpoints", &self.config.endpoints())
+            .field("namespace", &self.config.namespace_value())
+            .field("sessions", &self.sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an etcd lease remembers about its grant.
+#[derive(Debug)]
+struct EtcdGrant {
+    contender: String,
+    revision: i64,
+    session: Arc<Session>,
+    stop_monitor: CancellationToken,
+}
+
+impl EtcdLock {
+    /// Connects to etcd. The lease is granted with the first acquisition.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a malformed configuration;
+    /// [`LockError::Unavailable`] when no endpoint answers in time.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, LockError> {
+        let client = connect(&config).await?;
+        let sentinel = format!("{}\u{0}watch-sentinel", config.namespace_value()).into_bytes();
+        let hub = WatchHub::start(client.clone(), sentinel);
+        Ok(Self { client, config, sessions: Sessions::default(), hub, cleanups: Arc::default() })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    /// The id of the client's current lease, once one was granted.
+    pub async fn lease_id(&self) -> Option<i64> {
+        self.sessions.current().await.map(|session| session.id())
+    }
+
+    async fn session(&self, key: &LockKey) -> Result<Arc<Session>, LockError> {
+        let (ttl, limit) = (self.config.lease_ttl_value(), self.config.request_timeout_value());
+        self.sessions.get(&self.client, ttl, limit, Some(key)).await
+    }
+
+    /// Runs one request with the request timeout, mapping its error.
+    async fn call<T>(
+        &self,
+        key: &LockKey,
+        what: &str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, LockError> {
+        let limit = self.config.request_timeout_value();
+        match timeout(limit, request).await {
+            Ok(result) => result.map_err(|e| error::map(Some(key), e)),
+            Err(_) => Err(error::timed_out(Some(key), what, limit)),
+        }
+    }
+
+    /// Takes the session and writes our contender key, recording it in
+    /// `attempt` for cleanup. A lease etcd no longer knows (it expired while
+    /// we were cut off, before the keep-alive noticed) ends the session, and
+    /// the write is retried once on a new lease.
+    async fn enter(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        attempt: &mut Attempt<'_>,
+    ) -> Result<(Arc<Session>, String, i64, bool), LockError> {
+        let mut retried = false;
+        loop {
+            let session = self.session(key).await?;
+            let namespace = self.config.namespace_value();
+            let contender = contender_key(namespace, key, session.id());
+            self.await_cleanup(&contender).await;
+            let write = tokio::spawn(write_contender(
+                self.client.clone(),
+                key.clone(),
+                contender.clone(),
+                contenders_prefix(namespace, key),
+                options.owner_value().to_owned(),
+                session.id(),
+                self.config.request_timeout_value(),
+            ));
+            let mut in_flight = InFlight { lock: self, contender: contender.clone(), write: Some(write) };
+            match in_flight.outcome(key).await {
+                Ok((revision, holds)) => {
+                    attempt.contender = Some((contender.clone(), Written::At(revision)));
+                    return Ok((session, contender, revision, holds));
+                }
+                Err(error) if !retried && error::is_lease_not_found(&error) => {
+                    debug!(%key, "etcd no longer knows our lease; taking a new one");
+                    session.ended().fire(LostReason::SessionEnded);
+                    retried = true;
+                }
+                // The write may have landed even though its reply was lost.
+                Err(error) => {
+                    attempt.contender = Some((contender, Written::Unknown { lease: session.id() }));
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Deletes our contender key if it is still the one we wrote.
+    async fn withdraw(&self, key: &LockKey, contender: &str, revision: i64) -> Result<bool, LockError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(contender, CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(contender, None)]);
+        let mut kv = self.client.kv_client();
+        Ok(self.call(key, "delete contender", kv.txn(txn)).await?.succeeded())
+    }
+
+    /// Starts deleting a cancelled attempt's key in the background; the next
+    /// attempt on that key waits until it is done. With no revision (the
+    /// attempt was dropped while its write was in flight) the key is deleted
+    /// if it belongs to our lease.
+    fn withdraw_in_background(&self, contender: String, written: Written) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let Ok(held) = Arc::clone(&gate).try_lock_owned() else { return };
+        lock_map(&self.cleanups).insert(contender.clone(), gate);
+        let (client, cleanups, limit) =
+            (self.client.clone(), Arc::clone(&self.cleanups), self.config.request_timeout_value());
+        runtime.spawn(async move {
+            let ours = match written {
+                Written::At(revision) => Compare::create_revision(contender.clone(), CompareOp::Equal, revision),
+                Written::Unknown { lease } => Compare::lease(contender.clone(), CompareOp::Equal, lease),
+                Written::Pending(write) => match write.await {
+                    Ok(Ok((revision, _))) => Compare::create_revision(contender.clone(), CompareOp::Equal, revision),
+                    // The write failed: nothing of ours to delete.
+                    _ => {
+                        lock_map(&cleanups).remove(&contender);
+                        return;
+                    }
+                },
+            };
+            let txn = Txn::new().when([ours]).and_then([TxnOp::delete(contender.clone(), None)]);
+            if let Err(e) = timeout(limit, client.kv_client().txn(txn))
+                .await
+                .map_err(|_| "timeout".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                warn!(contender, error = e, "could not delete a cancelled attempt's key; the lease TTL will");
+            }
+            lock_map(&cleanups).remove(&contender);
+            drop(held);
+        });
+    }
+
+    async fn await_cleanup(&self, contender: &str) {
+        let gate = lock_map(&self.cleanups).get(contender).cloned();
+        if let Some(gate) = gate {
+            let _ = timeout(self.config.request_timeout_value(), gate.lock()).await;
+        }
+    }
+
+    /// Waits until no contender created before `revision` is left.
+    async fn wait_for_turn(
+        &self,
+        key: &LockKey,
+        session: &Session,
+        contender: &str,
+        revision: i64,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<(), LockError> {
+        let prefix = contenders_prefix(self.config.namespace_value(), key);
+        let mut own = self.hub.deletion(contender, revision + 1);
+        loop {
+            let predecessor = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_max_create_revision(revision - 1)
+                .with_limit(1)
+                .with_keys_only();
+            let mut kv = self.client.kv_client();
+            let found = self.call(key, "find predecessor", kv.get(prefix.clone(), Some(predecessor))).await?;
+            let Some(before) = found.kvs().first() else { return Ok(()) };
+            let after = found.header().map(|h| h.revision()).unwrap_or(revision) + 1;
+            let mut turn = self.hub.deletion(before.key().to_vec(), after);
+            tokio::select! {
+                _ = turn.ended() => {}
+                end = own.ended() => {
+                    if end == Some(WatchEnd::Deleted) {
+                        return Err(lost(key, LostReason::Revoked));
+                    }
+                    own = self.hub.deletion(contender, revision + 1);
+                }
+                _ = session.ended().fired() => return Err(lost(key, LostReason::SessionEnded)),
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    return Err(LockError::Timeout { backend: BACKEND, key: key.clone(), waited: started.elapsed() });
+                }
+            }
+        }
+    }
+
+    /// Turns our contender key into a lease, watching for its loss.
+    fn grant(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        session: Arc<Session>,
+        contender: String,
+        revision: i64,
+    ) -> Lease {
+        let loss = LossSignal::new();
+        let stop_monitor = CancellationToken::new();
+        tokio::spawn(monitor(
+            Arc::clone(&self.hub),
+            Arc::clone(&session),
+            contender.clone(),
+            revision,
+            loss.clone(),
+            stop_monitor.clone(),
+        ));
+        let confirmed_at = session.confirmed_at();
+        let grant = EtcdGrant { contender, revision, session: Arc::clone(&session), stop_monitor };
+        debug!(%key, token = revision, "granted");
+        Lease::new(
+            key.clone(),
+            FencingToken::new(u64::try_from(revision).unwrap_or_default()),
+            options.owner_value().to_owned(),
+            session.ttl(),
+            confirmed_at,
+            loss,
+            Arc::new(grant),
+        )
+    }
+
+    fn grant_of(lease: &Lease) -> Result<&EtcdGrant, LockError> {
+        lease
+            .backend_data::<EtcdGrant>()
+            .ok_or_else(|| LockError::backend(BACKEND, Some(lease.key()), "the lease belongs to another backend"))
+    }
+}
+
+/// Writes our contender key unless it exists, and reads the holder, as one
+/// transaction. Returns our key's create revision and whether we hold the lock.
+async fn write_contender(
+    client: Client,
+    key: LockKey,
+    mine: String,
+    prefix: String,
+    owner: String,
+    lease: i64,
+    limit: std::time::Duration,
+) -> Result<(i64, bool), LockError> {
+    let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+    let txn = Txn::new()
+        .when([Compare::create_revision(mine.clone(), CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(mine.clone(), owner, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::get(prefix.clone(), Some(first.clone())),
+        ])
+        .or_else([TxnOp::get(mine, None), TxnOp::get(prefix, Some(first))]);
+    let response = match timeout(limit, client.kv_client().txn(txn)).await {
+        Ok(response) => response.map_err(|e| error::map(Some(&key), e))?,
+        Err(_) => return Err(error::timed_out(Some(&key), "contend", limit)),
+    };
+    let responses = response.op_responses();
+    let revision = if response.succeeded() {
+        response.header().map(|h| h.revision()).ok_or_else(|| error::malformed(Some(&key), "txn without header"))?
+    } else {
+        first_kv(&responses, 0).map(KeyValue::create_revision).ok_or_else(|| error::malformed(Some(&key), "own key"))?
+    };
+    let holder = first_kv(&responses, 1).map(KeyValue::create_revision);
+    Ok((revision, holder.is_none_or(|holder| holder == revision)))
+}
+
+type WriteOutcome = Result<(i64, bool), LockError>;
+
+/// A contender write in flight. Dropped before it finished, it leaves the
+/// write running and deletes the key once the write's revision is known, so a
+/// write that lands late never becomes a ghost.
+struct InFlight<'a> {
+    lock: &'a EtcdLock,
+    contender: String,
+    write: Option<JoinHandle<WriteOutcome>>,
+}
+
+impl InFlight<'_> {
+    async fn outcome(&mut self, key: &LockKey) -> WriteOutcome {
+        let Some(write) = self.write.as_mut() else {
+            return Err(LockError::backend(BACKEND, Some(key), "contender write awaited twice"));
+        };
+        let outcome = write.await;
+        self.write = None;
+        outcome.map_err(|e| LockError::backend(BACKEND, Some(key), e))?
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(write) = self.write.take() {
+            self.lock.withdraw_in_background(self.contender.clone(), Written::Pending(write));
+        }
+    }
+}
+
+/// Reports the held lock lost when its key is deleted or its session ends.
+async fn monitor(
+    hub: Arc<WatchHub>,
+    session: Arc<Session>,
+    contender: String,
+    revision: i64,
+    loss: LossSignal,
+    stop: CancellationToken,
+) {
+    let mut watch = hub.deletion(contender.clone(), revision + 1);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = loss.fired() => return,
+            _ = session.ended().fired() => {
+                loss.fire(LostReason::SessionEnded);
+                return;
+            }
+            end = watch.ended() => match end {
+                Some(WatchEnd::Deleted) => {
+                    loss.fire(LostReason::Revoked);
+                    return;
+                }
+                // History compacted or hub restarted: watch again from now;
+                // the guard's clock covers the gap.
+                Some(WatchEnd::Compacted) | None => watch = hub.deletion(contender.clone(), revision + 1),
+            },
+        }
+    }
+}
+
+fn first_kv(responses: &[etcd_client::TxnOpResponse], index: usize) -> Option<&KeyValue> {
+    match responses.get(index)? {
+        etcd_client::TxnOpResponse::Get(get) => get.kvs().first(),
+        _ => None,
+    }
+}
+
+fn lost(key: &LockKey, reason: LostReason) -> LockError {
+    LockError::Lost { backend: BACKEND, key: key.clone(), reason }
+}
+
+fn lock_map<T>(map: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
+}
+
+/// What an attempt knows about the key it wrote.
+#[derive(Debug)]
+enum Written {
+    /// The write is still in flight.
+    Pending(JoinHandle<WriteOutcome>),
+    /// The write failed without saying whether it landed.
+    Unknown { lease: i64 },
+    /// The key exists with this create revision.
+    At(i64),
+}
+
+/// Deletes an attempt's key if the attempt is dropped before it finished.
+struct Attempt<'a> {
+    lock: &'a EtcdLock,
+    contender: Option<(String, Written)>,
+}
+
+impl Attempt<'_> {
+    fn done(&mut self) {
+        self.contender = None;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some((contender, written)) = self.contender.take() {
+            self.lock.withdraw_in_background(contender, written);
+        }
+    }
+}
+
+#[async_trait]
+impl DistributedLock for EtcdLock {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let ttl = self.config.lease_ttl_value();
+        Capabilities::new(ttl, ttl)
+            .with_default_ttl(ttl)
+            .with_fifo(true)
+            .with_expiry_slack(std::time::Duration::from_secs(2))
+    }
+
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Lease, LockError> {
+        let started = Instant::now();
+        let mut attempt = Attempt { lock: self, contender: None };
+        let (session, contender, revision, holds) = self.enter(key, options, &mut attempt).await?;
+        if !holds {
+            let waited = self.wait_for_turn(key, &session, &contender, revision, deadline, started).await;
+            if let Err(error) = waited {
+                attempt.done();
+                if !matches!(error, LockError::Lost { .. }) {
+                    let _ = self.withdraw(key, &contender, revision).await;
+                }
+                return Err(error);
+            }
+            // Our key must have survived the wait: the lease may have ended.
+            let mut kv = self.client.kv_client();
+            let mine = self.call(key, "check own key", kv.get(contender.clone(), None)).await?;
+            if mine.kvs().first().map(KeyValue::create_revision) != Some(revision) {
+                attempt.done();
+                return Err(lost(key, LostReason::SessionEnded));
+            }
+        }
+        attempt.done();
+        Ok(self.grant(key, options, session, contender, revision))
+    }
+
+    async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
+        let mut attempt = Attempt { lock: self, contender: None };
+        let (session, contender, revision, holds) = self.enter(key, options, &mut attempt).await?;
+        if !holds {
+            self.withdraw(key, &contender, revision).await?;
+            attempt.done();
+            return Ok(None);
+        }
+        attempt.done();
+        Ok(Some(self.grant(key, options, session, contender, revision)))
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
+        let grant = Self::grant_of(lease)?;
+        if lease.is_released() {
+            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
+        }
+        if grant.session.ended().is_fired() {
+            lease.loss_signal().fire(LostReason::SessionEnded);
+        }
+        if let Some(reason) = lease.loss_signal().reason() {
+            return Err(lost(lease.key(), reason));
+        }
+        // The session's keep-alive extends every lock of the lease; the
+        // monitor reports the key's own deletion.
+        Ok(grant.session.confirmed_at())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        let grant = Self::grant_of(lease)?;
+        if lease.is_released() {
+            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
+        }
+        // Stop watching first: our own delete is not a loss.
+        grant.stop_monitor.cancel();
+        if self.withdraw(lease.key(), &grant.contender, grant.revision).await? {
+            lease.mark_released();
+            Ok(())
+        } else {
+            let reason = lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+            lease.loss_signal().fire(reason.clone());
+            Err(lost(lease.key(), reason))
+        }
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
+        let prefix = contenders_prefix(self.config.namespace_value(), key);
+        let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+        let mut kv = self.client.kv_client();
+        let found = self.call(key, "inspect", kv.get(prefix, Some(first))).await?;
+        Ok(found.kvs().first().map(|holder| {
+            let owner = match holder.value_str() {
+                Ok(owner) if !owner.is_empty() => owner.to_owned(),
+                // etcdctl and Go's Mutex store no owner string.
+                _ => format!("etcd lease {:x}", holder.lease()),
+            };
+            LockInfo::new(owner, FencingToken::new(u64::try_from(holder.create_revision()).unwrap_or_default()))
+        }))
+    }
+}
+
+impl Drop for EtcdLock {
+    fn drop(&mut self) {
+        // Revoking the lease frees every lock of this client at once.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(current) = self.sessions.try_current() else { return };
+        if let Some(session) = current {
+            let mut lease = self.client.lease_client();
+            let (id, limit) = (session.id(), self.config.request_timeout_value());
+            runtime.spawn(async move {
+                let _ = timeout(limit, lease.revoke(id)).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One watch stream per client, multiplexing every watch the client needs:
+//! a waiter's predecessor, and each held lock's own key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::sleep;
+use tracing::{Instrument, debug, info_span};
+
+/// Why a watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchEnd {
+    /// The key was deleted at a revision after the watch's start.
+    Deleted,
+    /// etcd compacted the history the watch needed; check the key directly.
+    Compacted,
+}
+
+enum Command {
+    Watch { id: i64, key: Vec<u8>, start_revision: i64, notify: oneshot::Sender<WatchEnd> },
+    Cancel { id: i64 },
+}
+
+struct Active {
+    key: Vec<u8>,
+    start_revision: i64,
+    notify: oneshot::Sender<WatchEnd>,
+}
+
+/// Hands out watches for the deletion of single keys, all on one stream,
+/// re-created from their start revision after a reconnect so no deletion is
+/// missed.
+#[derive(Debug)]
+pub(crate) struct WatchHub {
+    commands: mpsc::UnboundedSender<Command>,
+    next_id: AtomicI64,
+    task: JoinHandle<()>,
+}
+
+/// A pending watch; dropping it cancels the watch.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    id: i64,
+    end: oneshot::Receiver<WatchEnd>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl WatchHub {
+    pub(crate) fn start(client: Client, sentinel: Vec<u8>) -> Arc<Self> {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(client, sentinel, receiver).instrument(info_span!("etcd_watch_hub")));
+        Arc::new(Self { commands, next_id: AtomicI64::new(FIRST_ID), task })
+    }
+
+    /// Watches for the deletion of `key` at any revision from
+    /// `start_revision` on (a deletion that already happened since then is
+    /// reported at once).
+    pub(crate) fn deletion(&self, key: impl Into<Vec<u8>>, start_revision: i64) -> Watch {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (notify, end) = oneshot::channel();
+        // If the hub is gone, `end` reports the closed channel.
+        let _ = self.commands.send(Command::Watch { id, key: key.into(), start_revision, notify });
+        Watch { id, end, commands: self.commands.clone() }
+    }
+}
+
+impl Drop for WatchHub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watch {
+    /// Completes when the watch ends; `None` if the hub stopped.
+    pub(crate) async fn ended(&mut self) -> Option<WatchEnd> {
+        (&mut self.end).await.ok()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Cancel { id: self.id });
+    }
+}
+
+/// The sentinel watch keeps the stream open while nothing else is watched.
+const SENTINEL_ID: i64 = 1;
+const FIRST_ID: i64 = 2;
+
+async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut active: HashMap<i64, Active> = HashMap::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let opened =
+            client.watch_client().watch(sentinel.clone(), Some(WatchOptions::new().with_watch_id(SENTINEL_ID))).await;
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(error) => {
+                debug!(%error, "cannot open the watch stream; retrying");
+                if !drain_cancels(&mut commands, &mut active, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut healthy = true;
+        for (id, watch) in &active {
+            healthy &= create(&mut stream, *id, watch).await;
+        }
+        while healthy {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Command::Watch { id, key, start_revision, notify }) => {
+                        let watch = Active { key, start_revision, notify };
+                        healthy = create(&mut stream, id, &watch).await;
+                        active.insert(id, watch);
+                    }
+                    Some(Command::Cancel { id }) => {
+                        if active.remove(&id).is_some() {
+                            healthy = stream.cancel(id).await.is_ok();
+                        }
+                    }
+                },
+                message = stream.message() => match message {
+                    Ok(Some(response)) => {
+                        let id = response.watch_id();
+                        let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
+                        let end = if response.compact_revision() > 0 || (response.canceled() && !deleted) {
+                            Some(WatchEnd::Compacted)
+                        } else if deleted {
+                            Some(WatchEnd::Deleted)
+                        } else {
+                            None
+                        };
+                        if let Some((end, watch)) = end.and_then(|end| Some((end, active.remove(&id)?))) {
+                            let _ = watch.notify.send(end);
+                            if !response.canceled() {
+                                healthy = stream.cancel(id).await.is_ok();
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => healthy = false,
+                },
+            }
+        }
+        debug!(watches = active.len(), "watch stream broke; reopening it");
+        active.retain(|_, watch| !watch.notify.is_closed());
+    }
+}
+
+async fn create(stream: &mut WatchStream, id: i64, watch: &Active) -> bool {
+    let options = WatchOptions::new().with_watch_id(id).with_start_revision(watch.start_revision);
+    stream.watch(watch.key.clone(), Some(options)).await.is_ok()
+}
+
+/// Waits `pause` while still honouring cancellations; false when the hub's
+/// owner is gone.
+async fn drain_cancels(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    active: &mut HashMap<i64, Active>,
+    pause: Duration,
+) -> bool {
+    let pause = sleep(pause);
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            () = &mut pause => return true,
+            command = commands.recv() => match command {
+                None => return false,
+                Some(Command::Cancel { id }) => { active.remove(&id); }
+                Some(Command::Watch { id, key, start_revision, notify }) => {
+                    active.insert(id, Active { key, start_revision, notify });
+                }
+            },
+        }
+    }
+}
