@@ -1,7 +1,7 @@
 //! distlock: distributed locks with fencing tokens and pluggable backends.
 //!
-//! This facade re-exports the contract from `lock-core`; backends are added
-//! by Cargo features as they land.
+//! This facade re-exports the contract from `lock-core`, and each backend
+//! enabled by its Cargo feature: `etcd` ([`etcd`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -17,6 +17,10 @@
 //! ```
 
 pub use lock_core::*;
+
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use lock_etcd as etcd;
 
 /// Compiles and runs the examples in README.md as doc tests.
 #[cfg(doctest)]

@@ -43,3 +43,72 @@ async fn key_deleted_from_outside_reports_lost_within_one_second() {
     let reason = timeout(Duration::from_secs(1), guard.lost()).await;
     assert_eq!(reason.ok(), Some(LostReason::Revoked), "lost() did not report the deletion within 1 s");
 }
+
+/// The `etcdctl` installed by `scripts/services install etcd`, or the one
+/// `DISTLOCK_ETCDCTL` names.
+fn etcdctl() -> std::path::PathBuf {
+    let path = std::env::var_os("DISTLOCK_ETCDCTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.services/bin/etcdctl"));
+    assert!(path.exists(), "no etcdctl at {}: run `scripts/services install etcd`", path.display());
+    path
+}
+
+/// `etcdctl lock NAME sh -c SCRIPT`, with its stdout piped.
+fn etcdctl_lock(h: &EtcdHarness, name: &str, script: &str) -> tokio::process::Child {
+    tokio::process::Command::new(etcdctl())
+        .arg(format!("--endpoints={}", h.endpoints().join(",")))
+        .args(["lock", "--", name, "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"))
+}
+
+async fn next_line(child: &mut tokio::process::Child) -> Option<String> {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.as_mut()?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout).read_line(&mut line).await.ok()?;
+    Some(line.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distlock_waits_while_etcdctl_lock_holds() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("shared with etcdctl");
+    let name = lock_etcd::native_lock_name(conformance_tests::etcd::NAMESPACE, &key);
+    let client = h.client().await;
+    let mut native = etcdctl_lock(&h, &name, "echo held; sleep 3");
+    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("held"), "etcdctl lock did not take the lock");
+    let attempt = client.locks.lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "distlock took a lock etcdctl holds: {attempt:?}");
+    let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
+    let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after etcdctl: {e}"));
+    let exited = native.try_wait().ok().flatten();
+    assert!(exited.is_some(), "distlock was granted the lock while etcdctl lock still ran");
+    assert!(guard.release().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_waits_while_distlock_holds() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("held by distlock");
+    let name = lock_etcd::native_lock_name(conformance_tests::etcd::NAMESPACE, &key);
+    let client = h.client().await;
+    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    let mut native = etcdctl_lock(&h, &name, "echo acquired");
+    let early = timeout(Duration::from_secs(2), next_line(&mut native)).await;
+    assert!(early.is_err(), "etcdctl lock got a lock distlock holds: {early:?}");
+    let info = client.locks.inspect(key.as_str()).await.ok().flatten().map(|i| i.token);
+    assert_eq!(info, Some(guard.token()), "the waiting etcdctl displaced the holder");
+    assert!(guard.release().await.is_ok());
+    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("acquired"), "etcdctl lock did not get the lock after release");
+    let status = timeout(Duration::from_secs(10), native.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "etcdctl lock failed: {status:?}");
+}

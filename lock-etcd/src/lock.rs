@@ -191,12 +191,22 @@ impl EtcdLock {
                 },
             };
             let txn = Txn::new().when([ours]).and_then([TxnOp::delete(contender.clone(), None)]);
-            if let Err(e) = timeout(limit, client.kv_client().txn(txn))
-                .await
-                .map_err(|_| "timeout".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                warn!(contender, error = e, "could not delete a cancelled attempt's key; the lease TTL will");
+            // The lease keeps the key alive while this client lives, so a
+            // failed delete would hold the lock for good: keep trying, with
+            // backoff, for a bounded number of attempts.
+            let mut pause = std::time::Duration::from_millis(100);
+            for attempt in 1..=CLEANUP_ATTEMPTS {
+                match timeout(limit, client.kv_client().txn(txn.clone())).await {
+                    Ok(Ok(_)) => break,
+                    outcome => {
+                        debug!(contender, attempt, ?outcome, "deleting our key failed; retrying");
+                        if attempt == CLEANUP_ATTEMPTS {
+                            warn!(contender, "could not delete our key; it goes when the lease ends");
+                        }
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
             lock_map(&cleanups).remove(&contender);
             drop(held);
@@ -290,8 +300,12 @@ impl EtcdLock {
     }
 }
 
-/// Writes our contender key unless it exists, and reads the holder, as one
-/// transaction. Returns our key's create revision and whether we hold the lock.
+/// Writes a fresh contender key and reads the holder, as one transaction.
+/// Returns our key's create revision and whether we hold the lock.
+///
+/// A key of ours that already exists is stale (a holding whose release did
+/// not land, or an attempt whose cleanup did not): it is deleted and written
+/// anew, so every grant gets a revision of its own and tokens never repeat.
 async fn write_contender(
     client: Client,
     key: LockKey,
@@ -302,25 +316,38 @@ async fn write_contender(
     limit: std::time::Duration,
 ) -> Result<(i64, bool), LockError> {
     let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-    let txn = Txn::new()
-        .when([Compare::create_revision(mine.clone(), CompareOp::Equal, 0)])
-        .and_then([
-            TxnOp::put(mine.clone(), owner, Some(PutOptions::new().with_lease(lease))),
-            TxnOp::get(prefix.clone(), Some(first.clone())),
-        ])
-        .or_else([TxnOp::get(mine, None), TxnOp::get(prefix, Some(first))]);
-    let response = match timeout(limit, client.kv_client().txn(txn)).await {
-        Ok(response) => response.map_err(|e| error::map(Some(&key), e))?,
-        Err(_) => return Err(error::timed_out(Some(&key), "contend", limit)),
-    };
-    let responses = response.op_responses();
-    let revision = if response.succeeded() {
-        response.header().map(|h| h.revision()).ok_or_else(|| error::malformed(Some(&key), "txn without header"))?
-    } else {
-        first_kv(&responses, 0).map(KeyValue::create_revision).ok_or_else(|| error::malformed(Some(&key), "own key"))?
-    };
-    let holder = first_kv(&responses, 1).map(KeyValue::create_revision);
-    Ok((revision, holder.is_none_or(|holder| holder == revision)))
+    let mut kv = client.kv_client();
+    for _ in 0..3 {
+        let txn = Txn::new()
+            .when([Compare::create_revision(mine.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(mine.clone(), owner.clone(), Some(PutOptions::new().with_lease(lease))),
+                TxnOp::get(prefix.clone(), Some(first.clone())),
+            ])
+            .or_else([TxnOp::get(mine.clone(), None)]);
+        let response = match timeout(limit, kv.txn(txn)).await {
+            Ok(response) => response.map_err(|e| error::map(Some(&key), e))?,
+            Err(_) => return Err(error::timed_out(Some(&key), "contend", limit)),
+        };
+        let responses = response.op_responses();
+        if response.succeeded() {
+            let revision =
+                response.header().map(|h| h.revision()).ok_or_else(|| error::malformed(Some(&key), "txn header"))?;
+            let holder = first_kv(&responses, 1).map(KeyValue::create_revision);
+            return Ok((revision, holder.is_none_or(|holder| holder == revision)));
+        }
+        if let Some(stale) = first_kv(&responses, 0).map(KeyValue::create_revision) {
+            debug!(%key, stale, "replacing a stale contender key of our lease");
+            let delete = Txn::new()
+                .when([Compare::create_revision(mine.clone(), CompareOp::Equal, stale)])
+                .and_then([TxnOp::delete(mine.clone(), None)]);
+            match timeout(limit, kv.txn(delete)).await {
+                Ok(deleted) => drop(deleted.map_err(|e| error::map(Some(&key), e))?),
+                Err(_) => return Err(error::timed_out(Some(&key), "delete stale contender", limit)),
+            }
+        }
+    }
+    Err(LockError::backend(BACKEND, Some(&key), "our contender key kept reappearing"))
 }
 
 type WriteOutcome = Result<(i64, bool), LockError>;
@@ -402,6 +429,10 @@ fn lock_map<T>(map: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
 }
+
+/// How often a background deletion of our key is tried (about a minute of
+/// backoff in all).
+const CLEANUP_ATTEMPTS: u32 = 35;
 
 /// What an attempt knows about the key it wrote.
 #[derive(Debug)]
@@ -513,7 +544,15 @@ impl DistributedLock for EtcdLock {
         }
         // Stop watching first: our own delete is not a loss.
         grant.stop_monitor.cancel();
-        if self.withdraw(lease.key(), &grant.contender, grant.revision).await? {
+        let withdrawn = match self.withdraw(lease.key(), &grant.contender, grant.revision).await {
+            Ok(withdrawn) => withdrawn,
+            Err(error) => {
+                // Unanswered: the key may still hold the lock for others.
+                self.withdraw_in_background(grant.contender.clone(), Written::At(grant.revision));
+                return Err(error);
+            }
+        };
+        if withdrawn {
             lease.mark_released();
             Ok(())
         } else {
