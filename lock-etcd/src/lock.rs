@@ -220,7 +220,8 @@ impl EtcdLock {
         }
     }
 
-    /// Waits until no contender created before `revision` is left.
+    /// Waits until no contender created before `revision` is left, and
+    /// confirms in the same read that our own key is still there.
     async fn wait_for_turn(
         &self,
         key: &LockKey,
@@ -239,13 +240,34 @@ impl EtcdLock {
                 .with_max_create_revision(revision - 1)
                 .with_limit(1)
                 .with_keys_only();
+            // One snapshot: the contender just before us, and our own key.
+            let read = Txn::new().and_then([
+                TxnOp::get(prefix.clone(), Some(predecessor)),
+                TxnOp::get(contender, Some(GetOptions::new().with_keys_only())),
+            ]);
             let mut kv = self.client.kv_client();
-            let found = self.call(key, "find predecessor", kv.get(prefix.clone(), Some(predecessor))).await?;
-            let Some(before) = found.kvs().first() else { return Ok(()) };
-            let after = found.header().map(|h| h.revision()).unwrap_or(revision) + 1;
-            let mut turn = self.hub.deletion(before.key().to_vec(), after);
+            let snapshot = self.call(key, "find predecessor", kv.txn(read)).await?;
+            let responses = snapshot.op_responses();
+            if first_kv(&responses, 1).map(KeyValue::create_revision) != Some(revision) {
+                // Our key is gone: deleted from outside, or our lease ended.
+                let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
+                return Err(lost(key, reason));
+            }
+            let Some(before) = first_kv(&responses, 0) else { return Ok(()) };
+            let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
+            let before = before.key().to_vec();
+            let mut turn = self.hub.deletion_from_now(before.clone());
             tokio::select! {
-                _ = turn.ended() => {}
+                _ = async {
+                    // Created after writes we have not seen: the predecessor
+                    // may be gone already, and its deletion before the watch.
+                    if turn.created().await.is_some_and(|created| created > seen_at)
+                        && !self.exists(key, &before).await.unwrap_or(true)
+                    {
+                        return;
+                    }
+                    turn.ended().await;
+                } => {}
                 end = own.ended() => {
                     if end == Some(WatchEnd::Deleted) {
                         return Err(lost(key, LostReason::Revoked));
@@ -258,6 +280,13 @@ impl EtcdLock {
                 }
             }
         }
+    }
+
+    /// Whether `etcd_key` exists now.
+    async fn exists(&self, key: &LockKey, etcd_key: &[u8]) -> Result<bool, LockError> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_count_only();
+        Ok(self.call(key, "check predecessor", kv.get(etcd_key, Some(options))).await?.count() > 0)
     }
 
     /// Turns our contender key into a lease, watching for its loss.
@@ -496,13 +525,6 @@ impl DistributedLock for EtcdLock {
                     let _ = self.withdraw(key, &contender, revision).await;
                 }
                 return Err(error);
-            }
-            // Our key must have survived the wait: the lease may have ended.
-            let mut kv = self.client.kv_client();
-            let mine = self.call(key, "check own key", kv.get(contender.clone(), None)).await?;
-            if mine.kvs().first().map(KeyValue::create_revision) != Some(revision) {
-                attempt.done();
-                return Err(lost(key, LostReason::SessionEnded));
             }
         }
         attempt.done();

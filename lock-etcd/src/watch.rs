@@ -22,14 +22,16 @@ pub(crate) enum WatchEnd {
 }
 
 enum Command {
-    Watch { id: i64, key: Vec<u8>, start_revision: i64, notify: oneshot::Sender<WatchEnd> },
+    Watch { id: i64, active: Active },
     Cancel { id: i64 },
 }
 
 struct Active {
     key: Vec<u8>,
+    /// Zero: from the revision at which etcd creates the watch.
     start_revision: i64,
     notify: oneshot::Sender<WatchEnd>,
+    created: Option<oneshot::Sender<i64>>,
 }
 
 /// Hands out watches for the deletion of single keys, all on one stream,
@@ -47,6 +49,7 @@ pub(crate) struct WatchHub {
 pub(crate) struct Watch {
     id: i64,
     end: oneshot::Receiver<WatchEnd>,
+    created: Option<oneshot::Receiver<i64>>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -60,12 +63,32 @@ impl WatchHub {
     /// Watches for the deletion of `key` at any revision from
     /// `start_revision` on (a deletion that already happened since then is
     /// reported at once).
+    ///
+    /// etcd delivers events to a watch that starts at or before its current
+    /// revision from a sync loop that runs every 100 ms; see
+    /// [`deletion_from_now`](Self::deletion_from_now) for waits where that
+    /// delay matters.
     pub(crate) fn deletion(&self, key: impl Into<Vec<u8>>, start_revision: i64) -> Watch {
+        self.register(key.into(), start_revision, None)
+    }
+
+    /// Watches for the deletion of `key` from the revision at which etcd
+    /// creates the watch, so events arrive without the sync loop's delay;
+    /// [`Watch::created`] tells that revision, so the caller can check for a
+    /// deletion that happened before it.
+    pub(crate) fn deletion_from_now(&self, key: impl Into<Vec<u8>>) -> Watch {
+        let (created, revision) = oneshot::channel();
+        let mut watch = self.register(key.into(), 0, Some(created));
+        watch.created = Some(revision);
+        watch
+    }
+
+    fn register(&self, key: Vec<u8>, start_revision: i64, created: Option<oneshot::Sender<i64>>) -> Watch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (notify, end) = oneshot::channel();
         // If the hub is gone, `end` reports the closed channel.
-        let _ = self.commands.send(Command::Watch { id, key: key.into(), start_revision, notify });
-        Watch { id, end, commands: self.commands.clone() }
+        let _ = self.commands.send(Command::Watch { id, active: Active { key, start_revision, notify, created } });
+        Watch { id, end, created: None, commands: self.commands.clone() }
     }
 }
 
@@ -79,6 +102,12 @@ impl Watch {
     /// Completes when the watch ends; `None` if the hub stopped.
     pub(crate) async fn ended(&mut self) -> Option<WatchEnd> {
         (&mut self.end).await.ok()
+    }
+
+    /// The revision at which etcd created a watch from
+    /// [`WatchHub::deletion_from_now`]; `None` if the hub stopped first.
+    pub(crate) async fn created(&mut self) -> Option<i64> {
+        (self.created.as_mut()?).await.ok()
     }
 }
 
@@ -118,8 +147,7 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
             tokio::select! {
                 command = commands.recv() => match command {
                     None => return,
-                    Some(Command::Watch { id, key, start_revision, notify }) => {
-                        let watch = Active { key, start_revision, notify };
+                    Some(Command::Watch { id, active: watch }) => {
                         healthy = create(&mut stream, id, &watch).await;
                         active.insert(id, watch);
                     }
@@ -132,6 +160,12 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
                         let id = response.watch_id();
+                        if response.created() {
+                            let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+                            if let Some(created) = active.get_mut(&id).and_then(|watch| watch.created.take()) {
+                                let _ = created.send(revision);
+                            }
+                        }
                         let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
                         let end = if response.compact_revision() > 0 || (response.canceled() && !deleted) {
                             Some(WatchEnd::Compacted)
@@ -157,7 +191,10 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
 }
 
 async fn create(stream: &mut WatchStream, id: i64, watch: &Active) -> bool {
-    let options = WatchOptions::new().with_watch_id(id).with_start_revision(watch.start_revision);
+    let mut options = WatchOptions::new().with_watch_id(id);
+    if watch.start_revision > 0 {
+        options = options.with_start_revision(watch.start_revision);
+    }
     stream.watch(watch.key.clone(), Some(options)).await.is_ok()
 }
 
@@ -176,8 +213,8 @@ async fn drain_cancels(
             command = commands.recv() => match command {
                 None => return false,
                 Some(Command::Cancel { id }) => { active.remove(&id); }
-                Some(Command::Watch { id, key, start_revision, notify }) => {
-                    active.insert(id, Active { key, start_revision, notify });
+                Some(Command::Watch { id, active: watch }) => {
+                    active.insert(id, watch);
                 }
             },
         }

@@ -1,0 +1,205 @@
+//! The scenarios: each runs against one target and returns report rows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lock_core::Locks;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep};
+
+use crate::Options;
+use crate::stats::{Row, Samples};
+use crate::target::Target;
+
+type Outcome = Result<Vec<Row>, String>;
+
+fn namespace() -> String {
+    format!("bench/{:x}/", Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()))
+}
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// 1-3: raw round trip, uncontended acquire+release, hand-off; 2 and 3 as
+/// ratios of the raw p50 measured in the same run.
+pub async fn latency(target: &Target, options: &Options) -> Outcome {
+    let raw = target.raw_round_trips(options.iterations).await?;
+    let raw_p50 = raw.percentile(50.0).max(Duration::from_nanos(1));
+    let ratio = |d: Duration| d.as_secs_f64() / raw_p50.as_secs_f64();
+    let name = target.name();
+    let ns = namespace();
+    let locks = target.client().await.map_err(fail)?;
+    let mut uncontended = Samples::default();
+    for _ in 0..options.iterations {
+        let started = Instant::now();
+        let guard = locks.lock(format!("{ns}uncontended")).acquire().await.map_err(fail)?;
+        guard.release().await.map_err(fail)?;
+        uncontended.push(started.elapsed());
+    }
+    let waiter = target.client().await.map_err(fail)?;
+    let mut handoff = Samples::default();
+    for _ in 0..options.iterations.min(200) {
+        let key = format!("{ns}handoff");
+        let guard = locks.lock(&key).acquire().await.map_err(fail)?;
+        let waiting = {
+            let (waiter, key) = (waiter.clone(), key.clone());
+            tokio::spawn(async move {
+                let guard = waiter.lock(&key).acquire().await;
+                (Instant::now(), guard)
+            })
+        };
+        // Let the waiter's request reach the service before the release.
+        sleep(Duration::from_millis(10)).await;
+        let released = Instant::now();
+        guard.release().await.map_err(fail)?;
+        let (granted, guard) = waiting.await.map_err(fail)?;
+        guard.map_err(fail)?.release().await.map_err(fail)?;
+        handoff.push(granted - released);
+    }
+    let (u50, u99, h50, h99) = (
+        uncontended.percentile(50.0),
+        uncontended.percentile(99.0),
+        handoff.percentile(50.0),
+        handoff.percentile(99.0),
+    );
+    Ok(vec![
+        Row::new(name, "1 raw round trip").micros("p50_us", raw_p50).micros("p99_us", raw.percentile(99.0)),
+        Row::new(name, "2 acquire+release")
+            .micros("p50_us", u50)
+            .micros("p99_us", u99)
+            .value("p50_ratio", ratio(u50))
+            .value("p99_ratio", ratio(u99)),
+        Row::new(name, "3 hand-off")
+            .micros("p50_us", h50)
+            .micros("p99_us", h99)
+            .value("p50_ratio", ratio(h50))
+            .value("p99_ratio", ratio(h99)),
+    ])
+}
+
+/// 4: `clients` clients on one key; grants per second and overlaps seen.
+pub async fn contention(target: &Target, options: &Options, clients: usize) -> Outcome {
+    let key = format!("{}contended", namespace());
+    let (grants, overlaps, inside) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+    let until = Instant::now() + options.duration;
+    let mut workers = JoinSet::new();
+    for _ in 0..clients {
+        let locks = target.client().await.map_err(fail)?;
+        let (key, grants, overlaps, inside) = (key.clone(), grants.clone(), overlaps.clone(), inside.clone());
+        workers.spawn(async move {
+            while Instant::now() < until {
+                let Ok(guard) = locks.lock(&key).wait(Duration::from_secs(10)).acquire().await else { continue };
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                grants.fetch_add(1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                let _ = guard.release().await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let rate = grants.load(Ordering::SeqCst) as f64 / options.duration.as_secs_f64();
+    let scenario = format!("4 contention x{clients}");
+    let overlaps = overlaps.load(Ordering::SeqCst);
+    if overlaps > 0 {
+        return Err(format!("{scenario}: {overlaps} overlapping holders"));
+    }
+    Ok(vec![Row::new(target.name(), &scenario).value("grants_per_s", rate).value("overlaps", 0.0)])
+}
+
+/// 5: 64 keys, one client each; grants per second in all.
+pub async fn spread(target: &Target, options: &Options) -> Outcome {
+    const KEYS: usize = 64;
+    let ns = namespace();
+    let grants = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + options.duration;
+    let mut workers = JoinSet::new();
+    for index in 0..KEYS {
+        let locks = target.client().await.map_err(fail)?;
+        let (key, grants) = (format!("{ns}key-{index}"), grants.clone());
+        workers.spawn(async move {
+            while Instant::now() < until {
+                if let Ok(guard) = locks.lock(&key).acquire().await {
+                    grants.fetch_add(1, Ordering::SeqCst);
+                    let _ = guard.release().await;
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let rate = grants.load(Ordering::SeqCst) as f64 / options.duration.as_secs_f64();
+    Ok(vec![Row::new(target.name(), "5 spread x64").value("grants_per_s", rate)])
+}
+
+/// 6: one client holding `options.locks` locks: time to acquire them, the
+/// requests per second the service receives while they are held (against the
+/// same measure with one lock held), and the client's resident memory.
+pub async fn scale(target: &Target, options: &Options) -> Outcome {
+    let ns = namespace();
+    let one_lock_rate = {
+        let locks = target.client().await.map_err(fail)?;
+        let guard = locks.lock(format!("{ns}single")).acquire().await.map_err(fail)?;
+        let rate = request_rate(target, options.hold).await;
+        guard.release().await.map_err(fail)?;
+        rate
+    };
+    let locks = target.client().await.map_err(fail)?;
+    let started = Instant::now();
+    let guards = acquire_many(&locks, &ns, options.locks).await?;
+    let acquired_in = started.elapsed();
+    let many_rate = request_rate(target, options.hold).await;
+    let rss = resident_kib();
+    let lost = guards.iter().filter(|guard| guard.is_lost()).count();
+    let mut releasing = JoinSet::new();
+    for guard in guards {
+        releasing.spawn(guard.release());
+    }
+    while releasing.join_next().await.is_some() {}
+    if lost > 0 {
+        return Err(format!("6 scale: {lost} locks lost while held"));
+    }
+    let mut row = Row::new(target.name(), &format!("6 scale x{}", options.locks))
+        .value("acquire_all_s", acquired_in.as_secs_f64())
+        .value("locks_per_s", options.locks as f64 / acquired_in.as_secs_f64());
+    if let (Some(one), Some(many)) = (one_lock_rate, many_rate) {
+        row = row.value("req_per_s_1_lock", one).value("req_per_s_all_locks", many);
+    }
+    Ok(vec![row.value("rss_mib", rss.unwrap_or(0.0) / 1024.0)])
+}
+
+async fn acquire_many(locks: &Locks, ns: &str, count: usize) -> Result<Vec<lock_core::LockGuard>, String> {
+    const IN_FLIGHT: usize = 128;
+    let mut guards = Vec::with_capacity(count);
+    let mut pending: JoinSet<Result<lock_core::LockGuard, lock_core::LockError>> = JoinSet::new();
+    for index in 0..count {
+        if pending.len() >= IN_FLIGHT {
+            if let Some(joined) = pending.join_next().await {
+                guards.push(joined.map_err(fail)?.map_err(fail)?);
+            }
+        }
+        let (locks, key) = (locks.clone(), format!("{ns}many-{index}"));
+        pending.spawn(async move { locks.lock(&key).acquire().await });
+    }
+    while let Some(joined) = pending.join_next().await {
+        guards.push(joined.map_err(fail)?.map_err(fail)?);
+    }
+    Ok(guards)
+}
+
+/// Requests per second the service receives over `window`.
+async fn request_rate(target: &Target, window: Duration) -> Option<f64> {
+    let before = target.server_requests().await?;
+    sleep(window).await;
+    let after = target.server_requests().await?;
+    Some((after - before) / window.as_secs_f64())
+}
+
+fn resident_kib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,106 @@
+//! The backends under test: how to make a client, how to measure one raw
+//! round trip of the service with the same client crate, and how to count the
+//! requests the service receives.
+
+use std::time::Duration;
+
+use lock_core::{LockError, Locks, MemoryStore};
+#[cfg(feature = "etcd")]
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// One backend to benchmark.
+pub enum Target {
+    /// The in-memory reference backend (its raw round trip is an `inspect`).
+    Memory(MemoryStore),
+    /// etcd at these endpoints.
+    #[cfg(feature = "etcd")]
+    Etcd {
+        /// Client endpoints.
+        endpoints: Vec<String>,
+        /// Lease TTL of the benchmark's clients.
+        ttl: Duration,
+    },
+}
+
+impl Target {
+    /// The target named `name` (`mem` or `etcd`), with `ttl` for its leases.
+    pub fn named(name: &str, ttl: Duration) -> Result<Self, String> {
+        match name {
+            "mem" | "memory" => Ok(Self::Memory(MemoryStore::new())),
+            #[cfg(feature = "etcd")]
+            "etcd" => Ok(Self::Etcd { endpoints: lock_etcd::EtcdConfig::from_env().endpoints().to_vec(), ttl }),
+            other => Err(format!("unknown or disabled backend {other:?}")),
+        }
+    }
+
+    /// The short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "mem",
+            #[cfg(feature = "etcd")]
+            Self::Etcd { .. } => "etcd",
+        }
+    }
+
+    /// A new independent client.
+    pub async fn client(&self) -> Result<Locks, LockError> {
+        match self {
+            Self::Memory(store) => Ok(Locks::new(store.client())),
+            #[cfg(feature = "etcd")]
+            Self::Etcd { endpoints, ttl } => {
+                let config =
+                    lock_etcd::EtcdConfig::new(endpoints.iter().cloned()).namespace("distlock-bench/").lease_ttl(*ttl);
+                Ok(Locks::new(lock_etcd::EtcdLock::connect(config).await?))
+            }
+        }
+    }
+
+    /// Measures `count` raw round trips: etcd put, memory inspect.
+    pub async fn raw_round_trips(&self, count: usize) -> Result<crate::stats::Samples, String> {
+        let mut samples = crate::stats::Samples::default();
+        match self {
+            Self::Memory(store) => {
+                let locks = Locks::new(store.client());
+                for _ in 0..count {
+                    let started = Instant::now();
+                    locks.inspect("bench/raw").await.map_err(|e| e.to_string())?;
+                    samples.push(started.elapsed());
+                }
+            }
+            #[cfg(feature = "etcd")]
+            Self::Etcd { endpoints, .. } => {
+                let mut client = etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?;
+                for _ in 0..count {
+                    let started = Instant::now();
+                    client.put("distlock-bench/raw", "x", None).await.map_err(|e| e.to_string())?;
+                    samples.push(started.elapsed());
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    /// How many gRPC messages the service has received in all, where it
+    /// exposes that (etcd's `/metrics`).
+    pub async fn server_requests(&self) -> Option<f64> {
+        match self {
+            Self::Memory(_) => None,
+            #[cfg(feature = "etcd")]
+            Self::Etcd { endpoints, .. } => {
+                let host = endpoints.first()?.trim_start_matches("http://").to_owned();
+                let mut stream = tokio::net::TcpStream::connect(&host).await.ok()?;
+                let request = format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.ok()?;
+                let mut body = String::new();
+                stream.read_to_string(&mut body).await.ok()?;
+                Some(
+                    body.lines()
+                        .filter(|line| line.starts_with("grpc_server_msg_received_total"))
+                        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum(),
+                )
+            }
+        }
+    }
+}
