@@ -75,6 +75,14 @@ macro_rules! __conformance_cases {
     };
 }
 
+/// Where `scripts/services` keeps binaries and run state:
+/// `$DISTLOCK_SERVICES_DIR`, by default `.services` in the checkout.
+pub fn services_dir() -> std::path::PathBuf {
+    std::env::var_os("DISTLOCK_SERVICES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.services"))
+}
+
 /// The longest one case may run before it fails as hung.
 pub const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 

@@ -59,9 +59,7 @@ async fn leader(endpoints: &[String]) -> usize {
 }
 
 fn kill_member(index: usize) {
-    let pidfile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.services/run/etcd-cluster")
-        .join(format!("{}.pid", MEMBERS[index]));
+    let pidfile = conformance_tests::services_dir().join("run/etcd-cluster").join(format!("{}.pid", MEMBERS[index]));
     let pid = std::fs::read_to_string(&pidfile)
         .unwrap_or_else(|e| panic!("no PID file {} (start the cluster with scripts/services): {e}", pidfile.display()));
     let status = std::process::Command::new("kill").args(["-9", pid.trim()]).status();

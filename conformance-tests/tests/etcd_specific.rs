@@ -49,7 +49,7 @@ async fn key_deleted_from_outside_reports_lost_within_one_second() {
 fn etcdctl() -> std::path::PathBuf {
     let path = std::env::var_os("DISTLOCK_ETCDCTL")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.services/bin/etcdctl"));
+        .unwrap_or_else(|| conformance_tests::services_dir().join("bin/etcdctl"));
     assert!(path.exists(), "no etcdctl at {}: run `scripts/services install etcd`", path.display());
     path
 }
