@@ -18,6 +18,7 @@
 pub mod cases;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod file;
 mod harness;
 pub mod memory;
 pub mod proxy;

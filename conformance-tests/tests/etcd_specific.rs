@@ -54,23 +54,27 @@ fn etcdctl() -> std::path::PathBuf {
     path
 }
 
-/// `etcdctl lock NAME sh -c SCRIPT`, with its stdout piped.
-fn etcdctl_lock(h: &EtcdHarness, name: &str, script: &str) -> tokio::process::Child {
-    tokio::process::Command::new(etcdctl())
+/// `etcdctl lock NAME sh -c SCRIPT`, and the lines of its stdout.
+struct NativeLock {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+fn etcdctl_lock(h: &EtcdHarness, name: &str, script: &str) -> NativeLock {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(etcdctl())
         .arg(format!("--endpoints={}", h.endpoints().join(",")))
         .args(["lock", "--", name, "sh", "-c", script])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("etcdctl has no stdout"));
+    NativeLock { child, lines: tokio::io::BufReader::new(stdout).lines() }
 }
 
-async fn next_line(child: &mut tokio::process::Child) -> Option<String> {
-    use tokio::io::AsyncBufReadExt;
-    let stdout = child.stdout.as_mut()?;
-    let mut line = String::new();
-    tokio::io::BufReader::new(stdout).read_line(&mut line).await.ok()?;
-    Some(line.trim().to_owned())
+async fn next_line(native: &mut NativeLock) -> Option<String> {
+    native.lines.next_line().await.ok().flatten().map(|line| line.trim().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,15 +84,21 @@ async fn distlock_waits_while_etcdctl_lock_holds() {
     let key = ns.key("shared with etcdctl");
     let name = lock_etcd::native_lock_name(conformance_tests::etcd::NAMESPACE, &key);
     let client = h.client().await;
-    let mut native = etcdctl_lock(&h, &name, "echo held; sleep 3");
+    // The command's last act prints the time; etcdctl unlocks only after it.
+    let mut native = etcdctl_lock(&h, &name, "echo held; sleep 3; date +%s%N");
     let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("held"), "etcdctl lock did not take the lock");
     let attempt = client.locks.lock(key.as_str()).try_acquire().await;
     assert!(matches!(attempt, Ok(None)), "distlock took a lock etcdctl holds: {attempt:?}");
     let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
     let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after etcdctl: {e}"));
-    let exited = native.try_wait().ok().flatten();
-    assert!(exited.is_some(), "distlock was granted the lock while etcdctl lock still ran");
+    let granted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).ok();
+    let finished_at = timeout(Duration::from_secs(5), next_line(&mut native)).await.ok().flatten();
+    let finished_at = finished_at.and_then(|line| line.parse::<u128>().ok());
+    assert!(
+        matches!((finished_at, granted_at), (Some(finished), Some(granted)) if finished <= granted),
+        "distlock was granted the lock while etcdctl lock's command still ran ({finished_at:?} vs {granted_at:?})"
+    );
     assert!(guard.release().await.is_ok());
 }
 
@@ -109,6 +119,6 @@ async fn etcdctl_lock_waits_while_distlock_holds() {
     assert!(guard.release().await.is_ok());
     let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("acquired"), "etcdctl lock did not get the lock after release");
-    let status = timeout(Duration::from_secs(10), native.wait()).await;
+    let status = timeout(Duration::from_secs(10), native.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "etcdctl lock failed: {status:?}");
 }

@@ -1,5 +1,6 @@
 //! Holds one lock until killed, for the suite's killed-holder case:
-//! `conformance-holder BACKEND KEY TTL_SECS NAMESPACE` prints `held <token>`
+//! `conformance-holder BACKEND KEY TTL_SECS NAMESPACE` (for `file`, the
+//! directory in place of the namespace) prints `held <token>`
 //! once it holds KEY, then waits forever.
 
 // Printing is this binary's interface with the test that runs it.
@@ -41,6 +42,7 @@ async fn hold(backend: &str, key: &str, ttl: Duration, namespace: &str) -> Resul
 async fn connect(backend: &str, ttl: Duration, namespace: &str) -> Result<Locks, LockError> {
     let _ = (ttl, namespace);
     match backend {
+        "file" => Ok(Locks::new(lock_file::FileLock::new(namespace)?)),
         #[cfg(feature = "etcd")]
         "etcd" => {
             let config = lock_etcd::EtcdConfig::from_env().namespace(namespace).lease_ttl(ttl);

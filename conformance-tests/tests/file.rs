@@ -1,0 +1,6 @@
+//! The conformance suite on the local file backend.
+
+conformance_tests::conformance_suite!(
+    file,
+    conformance_tests::file::FileHarness::new().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);
