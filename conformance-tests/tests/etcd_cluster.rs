@@ -46,10 +46,10 @@ async fn leader(endpoints: &[String]) -> usize {
             let mut client = etcd_client::Client::connect([endpoint], None).await?;
             client.status().await
         };
-        if let Ok(Ok(status)) = timeout(Duration::from_secs(3), status).await {
-            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
-                return index;
-            }
+        if let Ok(Ok(status)) = timeout(Duration::from_secs(3), status).await
+            && status.header().map(|h| h.member_id()) == Some(status.leader())
+        {
+            return index;
         }
     }
     panic!(

@@ -176,10 +176,10 @@ async fn acquire_many(locks: &Locks, ns: &str, count: usize) -> Result<Vec<lock_
     let mut guards = Vec::with_capacity(count);
     let mut pending: JoinSet<Result<lock_core::LockGuard, lock_core::LockError>> = JoinSet::new();
     for index in 0..count {
-        if pending.len() >= IN_FLIGHT {
-            if let Some(joined) = pending.join_next().await {
-                guards.push(joined.map_err(fail)?.map_err(fail)?);
-            }
+        if pending.len() >= IN_FLIGHT
+            && let Some(joined) = pending.join_next().await
+        {
+            guards.push(joined.map_err(fail)?.map_err(fail)?);
         }
         let (locks, key) = (locks.clone(), format!("{ns}many-{index}"));
         pending.spawn(async move { locks.lock(&key).acquire().await });

@@ -101,10 +101,8 @@ impl MemoryStore {
         let keys: Vec<LockKey> = state.keys.keys().cloned().collect();
         for key in keys {
             if let Some(entry) = state.keys.get_mut(&key) {
-                if entry.holder.as_ref().is_some_and(|h| h.contender.session == session) {
-                    if let Some(holder) = entry.holder.take() {
-                        holder.contender.loss.fire(LostReason::SessionEnded);
-                    }
+                if let Some(holder) = entry.holder.take_if(|h| h.contender.session == session) {
+                    holder.contender.loss.fire(LostReason::SessionEnded);
                 }
                 let (ended, kept): (VecDeque<_>, VecDeque<_>) =
                     entry.waiters.drain(..).partition(|(contender, _)| contender.session == session);
@@ -248,10 +246,8 @@ impl State {
     /// skipping those that are gone; drops the entry once unused.
     fn settle(&mut self, key: &LockKey, now: Instant) {
         let Some(entry) = self.keys.get_mut(key) else { return };
-        if entry.holder.as_ref().is_some_and(|holder| holder.expires_at <= now) {
-            if let Some(holder) = entry.holder.take() {
-                holder.contender.loss.fire(LostReason::Revoked);
-            }
+        if let Some(holder) = entry.holder.take_if(|holder| holder.expires_at <= now) {
+            holder.contender.loss.fire(LostReason::Revoked);
         }
         while self.keys.get(key).is_some_and(|entry| entry.holder.is_none()) {
             let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front()) else {
