@@ -1,7 +1,9 @@
 //! distlock: distributed locks with fencing tokens and pluggable backends.
 //!
-//! This facade re-exports the contract from `lock-core`, and each backend
-//! enabled by its Cargo feature: `etcd` ([`etcd`]).
+//! This facade re-exports the contract from `lock-core`, the always-built
+//! backends (in-memory, and [`file`] for one machine with no server), each
+//! server backend enabled by its Cargo feature (`etcd`: [`etcd`]), and
+//! [`connect`], which picks a backend at run time from a URL.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -16,7 +18,13 @@
 //! # }
 //! ```
 
+mod connect;
+
+pub use connect::connect;
 pub use lock_core::*;
+
+/// The local file backend, always built.
+pub use lock_file as file;
 
 /// The etcd backend (feature `etcd`).
 #[cfg(feature = "etcd")]

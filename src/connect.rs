@@ -1,0 +1,220 @@
+//! `connect(url)`: a backend chosen at run time by URL scheme.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
+
+/// Connects to the backend `url` names.
+///
+/// | URL | backend |
+/// |---|---|
+/// | `mem://` | a new in-memory store of this client's own |
+/// | `mem://NAME` | the process-wide in-memory store `NAME`, shared by every `connect` to it |
+/// | `file:///some/dir` | [`lock_file::FileLock`] in that directory |
+/// | `etcd://host:2379[,host:2379...][/namespace/]?ttl=15s` | etcd (feature `etcd`); `etcds://` for TLS |
+///
+/// etcd parameters: `ttl` (lease TTL, whole seconds), `connect_timeout`,
+/// `request_timeout` (durations like `15s`, `500ms`), `user` and `password`,
+/// and for `etcds://` `ca`, `cert`, `key` (PEM file paths) and `domain`. The
+/// path is the key namespace (default `distlock/`).
+///
+/// # Errors
+/// [`LockError::InvalidConfig`] for a malformed URL, an unknown scheme or
+/// parameter (naming which part is wrong), or a scheme whose feature is off
+/// (naming the feature); otherwise what connecting to the backend returns.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), distlock::LockError> {
+/// let locks = distlock::connect("mem://").await?;
+/// let guard = locks.lock("jobs/nightly").acquire().await?;
+/// guard.release().await?;
+/// assert!(distlock::connect("nosuch://x").await.is_err());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn connect(url: &str) -> Result<Locks, LockError> {
+    let parsed = BackendUrl::parse(url)?;
+    match parsed.scheme.as_str() {
+        "mem" => {
+            parsed.no_params("mem")?;
+            Ok(Locks::new(memory_client(&parsed.authority)))
+        }
+        "file" => {
+            parsed.no_params("file")?;
+            if !parsed.authority.is_empty() {
+                return Err(invalid("file", format!("expected file:///absolute/dir, got host {:?}", parsed.authority)));
+            }
+            let dir = PathBuf::from(if parsed.path.is_empty() { "/" } else { parsed.path.as_str() });
+            Ok(Locks::new(lock_file::FileLock::new(dir)?))
+        }
+        "etcd" | "etcds" => etcd(&parsed).await,
+        "consul" | "zk" => {
+            Err(invalid("connect", format!("no {} backend in this version of distlock yet", parsed.scheme)))
+        }
+        other => Err(invalid("connect", format!("unknown scheme {other:?} (expected mem, file or etcd)"))),
+    }
+}
+
+fn invalid(backend: &'static str, message: String) -> LockError {
+    LockError::InvalidConfig { backend, message }
+}
+
+fn memory_client(name: &str) -> MemoryLock {
+    if name.is_empty() {
+        return MemoryLock::new();
+    }
+    static STORES: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+    let mut stores = STORES.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+    stores.entry(name.to_owned()).or_default().client()
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd(url: &BackendUrl) -> Result<Locks, LockError> {
+    let tls = url.scheme == "etcds";
+    let http = if tls { "https" } else { "http" };
+    if url.authority.is_empty() {
+        return Err(invalid("etcd", "no host: expected etcd://host:port[,host:port...]".to_owned()));
+    }
+    let endpoints = url.authority.split(',').map(|host| format!("{http}://{host}"));
+    let mut config = lock_etcd::EtcdConfig::new(endpoints);
+    if !url.path.is_empty() {
+        config = config.namespace(url.path.trim_start_matches('/'));
+    }
+    let mut tls_options = lock_etcd::EtcdTls::default();
+    let mut user = None;
+    let mut password = None;
+    for (name, value) in &url.params {
+        match name.as_str() {
+            "ttl" => config = config.lease_ttl(duration("etcd", name, value)?),
+            "connect_timeout" => config = config.connect_timeout(duration("etcd", name, value)?),
+            "request_timeout" => config = config.request_timeout(duration("etcd", name, value)?),
+            "user" => user = Some(value.clone()),
+            "password" => password = Some(value.clone()),
+            "ca" if tls => tls_options.ca_file = Some(value.into()),
+            "cert" if tls => tls_options.cert_file = Some(value.into()),
+            "key" if tls => tls_options.key_file = Some(value.into()),
+            "domain" if tls => tls_options.domain = Some(value.clone()),
+            "ca" | "cert" | "key" | "domain" => {
+                return Err(invalid("etcd", format!("parameter {name:?} needs etcds:// (TLS)")));
+            }
+            other => return Err(invalid("etcd", format!("unknown parameter {other:?}"))),
+        }
+    }
+    match (user, password) {
+        (Some(user), Some(password)) => config = config.user(user, password),
+        (None, None) => {}
+        _ => return Err(invalid("etcd", "user and password go together".to_owned())),
+    }
+    if tls {
+        config = config.tls(tls_options);
+    }
+    Ok(Locks::new(lock_etcd::EtcdLock::connect(config).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd(_: &BackendUrl) -> Result<Locks, LockError> {
+    Err(invalid("etcd", "the etcd backend is not built in: enable the `etcd` feature of distlock".to_owned()))
+}
+
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+fn duration(backend: &'static str, name: &str, value: &str) -> Result<Duration, LockError> {
+    humantime::parse_duration(value).map_err(|e| invalid(backend, format!("parameter {name}={value:?}: {e}")))
+}
+
+/// `scheme://authority/path?query`, split without interpreting the parts.
+#[derive(Debug, PartialEq, Eq)]
+struct BackendUrl {
+    scheme: String,
+    authority: String,
+    path: String,
+    params: Vec<(String, String)>,
+}
+
+impl BackendUrl {
+    fn parse(url: &str) -> Result<Self, LockError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("connect", format!("{url:?} is not a URL: expected scheme://...")))?;
+        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid("connect", format!("malformed scheme {scheme:?} in {url:?}")));
+        }
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = match location.find('/') {
+            Some(slash) => location.split_at(slash),
+            None => (location, ""),
+        };
+        let mut params = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if params.iter().any(|(seen, _)| *seen == name) {
+                return Err(invalid("connect", format!("parameter {name:?} given twice")));
+            }
+            params.push((name.into_owned(), value.into_owned()));
+        }
+        Ok(Self { scheme: scheme.to_ascii_lowercase(), authority: authority.to_owned(), path: path.to_owned(), params })
+    }
+
+    fn no_params(&self, backend: &'static str) -> Result<(), LockError> {
+        match self.params.first() {
+            Some((name, _)) => Err(invalid(backend, format!("unknown parameter {name:?}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_every_part() {
+        let url = BackendUrl::parse("etcd://a:2379,b:2379/app/locks/?ttl=15s&user=me").ok();
+        assert_eq!(
+            url,
+            Some(BackendUrl {
+                scheme: "etcd".into(),
+                authority: "a:2379,b:2379".into(),
+                path: "/app/locks/".into(),
+                params: vec![("ttl".into(), "15s".into()), ("user".into(), "me".into())],
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_wrong_part() {
+        let mut cases = vec![
+            ("nourl", "not a URL"),
+            ("nosuch://x", "unknown scheme"),
+            ("mem://?x=1", "unknown parameter \\\"x\\\""),
+            ("file://host/dir", "got host"),
+            ("etcd://h:1?ttl=1s&ttl=2s", "given twice"),
+        ];
+        if cfg!(feature = "etcd") {
+            cases.extend([
+                ("etcd://h:1?bogus=1", "unknown parameter"),
+                ("etcd://h:1?ttl=soon", "ttl"),
+                ("etcd://h:1?user=me", "together"),
+                ("etcd://h:1?ca=x.pem", "etcds://"),
+                ("etcd://", "no host"),
+            ]);
+        } else {
+            cases.push(("etcd://h:1", "enable the `etcd` feature"));
+        }
+        for (url, part) in cases {
+            let error = connect(url).await.err().map(|e| format!("{e:?}")).unwrap_or_default();
+            assert!(error.contains("InvalidConfig") && error.contains(part), "{url}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn named_memory_stores_are_shared() {
+        let (a, b) = (connect("mem://shared").await, connect("mem://shared").await);
+        let (Ok(a), Ok(b)) = (a, b) else { panic!("mem:// failed") };
+        let held = a.lock("k").try_acquire().await.ok().flatten();
+        assert!(held.is_some());
+        assert!(matches!(b.lock("k").try_acquire().await, Ok(None)));
+    }
+}
