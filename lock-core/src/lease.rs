@@ -185,11 +185,19 @@ pub struct LockInfo {
     pub owner: String,
     /// The holder's fencing token.
     pub token: FencingToken,
+    /// When the holder was granted the lock, where the backend records it.
+    pub held_since: Option<std::time::SystemTime>,
 }
 
 impl LockInfo {
     /// Holder information.
     pub fn new(owner: impl Into<String>, token: FencingToken) -> Self {
-        Self { owner: owner.into(), token }
+        Self { owner: owner.into(), token, held_since: None }
+    }
+
+    /// Adds when the holder was granted the lock.
+    pub fn with_held_since(mut self, since: std::time::SystemTime) -> Self {
+        self.held_since = Some(since);
+        self
     }
 }

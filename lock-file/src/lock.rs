@@ -151,6 +151,7 @@ impl FileLock {
             record.token += 1;
             record.owner = owner;
             record.key = key_text;
+            record.since = Record::now();
             record.write(&mut file)?;
             Ok((file, record))
         })
@@ -285,7 +286,11 @@ impl DistributedLock for FileLock {
             Ok(()) => Ok(None),
             Err(TryLockError::WouldBlock) => {
                 let record = Record::read(&mut file).map_err(|e| unavailable(Some(key), &path, e))?;
-                Ok(Some(LockInfo::new(record.owner.clone(), record.fencing_token())))
+                let info = LockInfo::new(record.owner.clone(), record.fencing_token());
+                Ok(Some(match record.held_since() {
+                    Some(since) => info.with_held_since(since),
+                    None => info,
+                }))
             }
             Err(TryLockError::Error(e)) => Err(unavailable(Some(key), &path, e)),
         }

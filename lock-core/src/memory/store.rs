@@ -64,6 +64,7 @@ struct Holder {
     contender: Contender,
     token: FencingToken,
     expires_at: Instant,
+    since: std::time::SystemTime,
 }
 
 impl MemoryStore {
@@ -222,7 +223,7 @@ impl MemoryStore {
         let mut state = self.lock();
         state.settle(key, Instant::now());
         let holder = state.keys.get(key)?.holder.as_ref()?;
-        Some(LockInfo::new(holder.contender.owner.clone(), holder.token))
+        Some(LockInfo::new(holder.contender.owner.clone(), holder.token).with_held_since(holder.since))
     }
 }
 
@@ -238,7 +239,7 @@ impl State {
         let token = FencingToken::new(self.last_token);
         let expires_at = now + contender.ttl;
         let entry = self.keys.entry(key.clone()).or_default();
-        entry.holder = Some(Holder { contender, token, expires_at });
+        entry.holder = Some(Holder { contender, token, expires_at, since: std::time::SystemTime::now() });
         Grant { token, granted_at: now }
     }
 

@@ -1,0 +1,102 @@
+//! The command line.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Run commands under a distributed lock.
+#[derive(Debug, Parser)]
+#[command(name = "distlock", version, about, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire KEY, run CMD while renewing it, release it when CMD exits,
+    /// and exit with CMD's exit code. CMD sees DISTLOCK_KEY and
+    /// DISTLOCK_FENCING_TOKEN in its environment. CMD runs in a process group
+    /// of its own: signals sent to distlock (INT, TERM, HUP, QUIT, USR1, USR2)
+    /// are forwarded to the whole group, and a lost lock stops the whole group.
+    #[command(after_help = crate::exit::HELP)]
+    Exec(ExecArgs),
+    /// Show who holds KEY, with its fencing token and for how long, or "free".
+    #[command(after_help = crate::exit::HELP)]
+    Status(StatusArgs),
+}
+
+/// Where the lock lives.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The lock's key.
+    #[arg(long)]
+    pub key: String,
+    /// Backend URL; default: a file backend in the per-user runtime directory.
+    #[arg(long, env = "DISTLOCK_URL")]
+    pub backend: Option<String>,
+}
+
+/// `distlock exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// How long the lock outlives this process if it stops renewing (e.g. 15s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Wait at most this long for the lock (default: forever).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "no_wait")]
+    pub wait: Option<Duration>,
+    /// Do not wait: exit 75 at once if the lock is held.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// What to do with CMD when the lock is lost.
+    #[arg(long, value_enum, default_value_t = OnLost::Terminate)]
+    pub on_lost: OnLost,
+    /// With --on-lost terminate: how long CMD has between SIGTERM and SIGKILL.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub grace: Duration,
+    /// The owner string other clients see (default: host:pid:random).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What happens to the command when the lock is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLost {
+    /// SIGTERM, then SIGKILL after --grace.
+    Terminate,
+    /// SIGKILL at once.
+    Kill,
+}
+
+/// `distlock status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// One JSON object on stdout, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The backend URL to use: the flag or DISTLOCK_URL, else the per-user file
+/// backend.
+pub fn backend_url(target: &Target) -> String {
+    target.backend.clone().unwrap_or_else(|| {
+        let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| std::path::PathBuf::from(dir).join("distlock"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("distlock-{}", nix::unistd::getuid())));
+        format!("file://{}", dir.display())
+    })
+}

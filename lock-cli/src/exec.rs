@@ -1,0 +1,176 @@
+//! `distlock exec`: run a command while holding a lock.
+
+use std::io::ErrorKind;
+use std::os::unix::process::ExitStatusExt;
+
+use distlock::{LockGuard, Locks};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::cli::{ExecArgs, OnLost, backend_url};
+use crate::{exit, indicator};
+
+/// Signals forwarded to the command.
+const FORWARDED: [Signal; 6] =
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// Runs `distlock exec`; returns the process exit code.
+pub async fn run(args: ExecArgs) -> u8 {
+    let key = &args.target.key;
+    let locks = match distlock::connect(&backend_url(&args.target)).await {
+        Ok(locks) => locks,
+        Err(error) => return fail(&error),
+    };
+    let guard = match acquire(&locks, &args).await {
+        Ok(Some(guard)) => guard,
+        Ok(None) => {
+            let holder = locks.inspect(key).await.ok().flatten();
+            let by = holder.map(|h| format!(" by {} (token {})", h.owner, h.token)).unwrap_or_default();
+            eprintln!("distlock: {key} is held{by}");
+            return exit::NOT_ACQUIRED;
+        }
+        Err(error) => return fail(&error),
+    };
+    info!(key, token = guard.token().get(), "acquired");
+    let Some((program, arguments)) = args.command.split_first() else { return exit::USAGE };
+    // Its own process group, so that a lost lock stops the whole command,
+    // grandchildren included, and a forwarded signal reaches all of it once.
+    let child = Command::new(program)
+        .args(arguments)
+        .env("DISTLOCK_KEY", key)
+        .env("DISTLOCK_FENCING_TOKEN", guard.token().to_string())
+        .process_group(0)
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("distlock: cannot run {program}: {error}");
+            let _ = guard.release().await;
+            return if error.kind() == ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
+        }
+    };
+    supervise(child, guard, &args).await
+}
+
+async fn acquire(locks: &Locks, args: &ExecArgs) -> Result<Option<LockGuard>, distlock::LockError> {
+    let mut request = locks.lock(&args.target.key);
+    if let Some(ttl) = args.ttl {
+        request = request.ttl(ttl);
+    }
+    if let Some(owner) = &args.owner {
+        request = request.owner(owner.clone());
+    }
+    if args.no_wait {
+        return request.try_acquire().await;
+    }
+    if let Some(wait) = args.wait {
+        request = request.wait(wait);
+    }
+    let acquired = tokio::select! {
+        acquired = request.acquire() => acquired,
+        () = indicator::show_waiting(locks, &args.target.key) => unreachable_pending(),
+    };
+    indicator::clear();
+    acquired.map(Some)
+}
+
+fn unreachable_pending() -> Result<LockGuard, distlock::LockError> {
+    Err(distlock::LockError::backend("distlock", None, "the waiting indicator stopped"))
+}
+
+/// Waits for the command, forwarding signals to it and stopping it if the
+/// lock is lost; releases the lock when it exits.
+async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs) -> u8 {
+    let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let mut streams = Vec::new();
+    for sig in FORWARDED {
+        match signal(SignalKind::from_raw(sig as i32)) {
+            Ok(stream) => streams.push((sig, stream)),
+            Err(error) => warn!(%error, ?sig, "cannot forward signal"),
+        }
+    }
+    let mut lost = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let status = loop {
+        let forwarded = async {
+            let waits =
+                streams.iter_mut().map(|(sig, stream)| Box::pin(async move { stream.recv().await.map(|_| *sig) }));
+            futures_select_all(waits).await
+        };
+        tokio::select! {
+            status = child.wait() => break status,
+            reason = guard.lost(), if !lost => {
+                lost = true;
+                eprintln!("distlock: lock {} lost ({reason}); stopping the command", guard.key());
+                match args.on_lost {
+                    OnLost::Kill => send(pid, Signal::SIGKILL),
+                    OnLost::Terminate => {
+                        send(pid, Signal::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + args.grace);
+                    }
+                }
+            }
+            () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+                kill_at = None;
+                send(pid, Signal::SIGKILL);
+            }
+            Some(sig) = forwarded => send(pid, sig),
+        }
+    };
+    let released = guard.release().await;
+    if lost || matches!(released, Err(distlock::LockError::Lost { .. })) {
+        if !lost {
+            eprintln!("distlock: the lock was lost before the command finished");
+        }
+        return exit::LOST;
+    }
+    if let Err(error) = released {
+        warn!(%error, "release failed; the lock's TTL frees it");
+    }
+    match status {
+        Ok(status) => status
+            .code()
+            .map(|code| u8::try_from(code).unwrap_or(1))
+            .or_else(|| status.signal().map(|signal| 128u8.saturating_add(u8::try_from(signal).unwrap_or(0))))
+            .unwrap_or(1),
+        Err(error) => {
+            eprintln!("distlock: lost track of the command: {error}");
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+/// The first of several futures to complete.
+async fn futures_select_all<F: std::future::Future + Unpin>(futures: impl IntoIterator<Item = F>) -> F::Output {
+    let mut futures: Vec<F> = futures.into_iter().collect();
+    if futures.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(move |cx| {
+        for future in &mut futures {
+            if let std::task::Poll::Ready(output) = std::pin::Pin::new(future).poll(cx) {
+                return std::task::Poll::Ready(output);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Signals the command's whole process group.
+fn send(pid: Option<Pid>, sig: Signal) {
+    if let Some(pid) = pid
+        && let Err(error) = kill(Pid::from_raw(-pid.as_raw()), sig)
+    {
+        warn!(%error, ?sig, "cannot signal the command");
+    }
+}
+
+fn fail(error: &distlock::LockError) -> u8 {
+    indicator::clear();
+    eprintln!("distlock: {error}");
+    exit::for_error(error)
+}

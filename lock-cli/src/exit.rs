@@ -1,0 +1,42 @@
+//! Exit codes, documented in `--help` and the README.
+
+/// Usage error (from clap).
+pub const USAGE: u8 = 2;
+/// The backend could not be reached or failed.
+pub const UNAVAILABLE: u8 = 69;
+/// The lock was lost while the command ran; the command was terminated.
+pub const LOST: u8 = 74;
+/// The lock was not acquired: held elsewhere with `--no-wait`, or `--wait` elapsed.
+pub const NOT_ACQUIRED: u8 = 75;
+/// A malformed backend URL, key or option.
+pub const CONFIG: u8 = 78;
+/// The command could not be executed.
+pub const CANNOT_EXECUTE: u8 = 126;
+/// The command was not found.
+pub const NOT_FOUND: u8 = 127;
+
+/// The text appended to `--help`.
+pub const HELP: &str = "\
+Exit codes:
+  N     the command's own exit code (128+S if it died of signal S)
+  2     usage error
+  69    the lock backend could not be reached or failed
+  74    the lock was lost while the command ran (the command was terminated)
+  75    the lock was not acquired (--no-wait and held elsewhere, or --wait elapsed)
+  78    malformed backend URL, key or option
+  126   the command could not be executed
+  127   the command was not found
+
+Backend URL (--backend, or DISTLOCK_URL): mem://, file:///dir, etcd://host:2379[,...][/namespace/][?ttl=15s]
+Default: file://$XDG_RUNTIME_DIR/distlock (or /tmp/distlock-$UID): works with no server.";
+
+/// The exit code for a lock error.
+pub fn for_error(error: &distlock::LockError) -> u8 {
+    use distlock::LockError as E;
+    match error {
+        E::InvalidKey { .. } | E::InvalidOptions { .. } | E::InvalidConfig { .. } => CONFIG,
+        E::Timeout { .. } => NOT_ACQUIRED,
+        E::Lost { .. } => LOST,
+        _ => UNAVAILABLE,
+    }
+}

@@ -1,0 +1,46 @@
+//! `distlock`: run a command while holding a distributed lock.
+//!
+//! ```text
+//! distlock exec --key deploy -- ./deploy.sh
+//! distlock status --key deploy --json
+//! ```
+
+// A command-line tool talks to its user on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod exec;
+mod exit;
+mod indicator;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("distlock: cannot start: {error}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Exec(args) => exec::run(args).await,
+            cli::Command::Status(args) => status::run(args).await,
+        }
+    });
+    ExitCode::from(code)
+}
