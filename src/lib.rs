@@ -1,7 +1,7 @@
 //! distlock: distributed locks with fencing tokens and pluggable backends.
 //!
 //! This facade re-exports the contract from `lock-core`, the always-built
-//! backends (in-memory, and [`file`] for one machine with no server), each
+//! backends (in-memory, and [`mod@file`] for one machine with no server), each
 //! server backend enabled by its Cargo feature (`etcd`: [`etcd`]), and
 //! [`connect`], which picks a backend at run time from a URL.
 //!
