@@ -13,6 +13,9 @@ use tokio::time::Instant;
 pub enum Target {
     /// The in-memory reference backend (its raw round trip is an `inspect`).
     Memory(MemoryStore),
+    /// The file backend in this directory (its raw round trip is a small
+    /// write and `fdatasync`, what each grant costs to persist its token).
+    File(std::path::PathBuf),
     /// etcd at these endpoints.
     #[cfg(feature = "etcd")]
     Etcd {
@@ -24,10 +27,12 @@ pub enum Target {
 }
 
 impl Target {
-    /// The target named `name` (`mem` or `etcd`), with `ttl` for its leases.
+    /// The target named `name` (`mem`, `file` or `etcd`), with `ttl` for its
+    /// leases.
     pub fn named(name: &str, ttl: Duration) -> Result<Self, String> {
         match name {
             "mem" | "memory" => Ok(Self::Memory(MemoryStore::new())),
+            "file" => Ok(Self::File(std::env::temp_dir().join(format!("distlock-bench-{}", std::process::id())))),
             #[cfg(feature = "etcd")]
             "etcd" => Ok(Self::Etcd { endpoints: lock_etcd::EtcdConfig::from_env().endpoints().to_vec(), ttl }),
             other => Err(format!("unknown or disabled backend {other:?}")),
@@ -38,6 +43,7 @@ impl Target {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Memory(_) => "mem",
+            Self::File(_) => "file",
             #[cfg(feature = "etcd")]
             Self::Etcd { .. } => "etcd",
         }
@@ -47,6 +53,7 @@ impl Target {
     pub async fn client(&self) -> Result<Locks, LockError> {
         match self {
             Self::Memory(store) => Ok(Locks::new(store.client())),
+            Self::File(dir) => Ok(Locks::new(lock_file::FileLock::new(dir)?)),
             #[cfg(feature = "etcd")]
             Self::Etcd { endpoints, ttl } => {
                 let config =
@@ -68,6 +75,17 @@ impl Target {
                     samples.push(started.elapsed());
                 }
             }
+            Self::File(dir) => {
+                use std::io::Write;
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                let mut file = std::fs::File::create(dir.join("raw")).map_err(|e| e.to_string())?;
+                for _ in 0..count {
+                    let started = Instant::now();
+                    file.write_all(b"0123456789abcdef0123456789abcdef").map_err(|e| e.to_string())?;
+                    file.sync_data().map_err(|e| e.to_string())?;
+                    samples.push(started.elapsed());
+                }
+            }
             #[cfg(feature = "etcd")]
             Self::Etcd { endpoints, .. } => {
                 let mut client = etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?;
@@ -85,7 +103,7 @@ impl Target {
     /// exposes that (etcd's `/metrics`).
     pub async fn server_requests(&self) -> Option<f64> {
         match self {
-            Self::Memory(_) => None,
+            Self::Memory(_) | Self::File(_) => None,
             #[cfg(feature = "etcd")]
             Self::Etcd { endpoints, .. } => {
                 let host = endpoints.first()?.trim_start_matches("http://").to_owned();
@@ -101,6 +119,14 @@ impl Target {
                         .sum(),
                 )
             }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Self::File(dir) = self {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
