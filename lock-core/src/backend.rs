@@ -61,7 +61,9 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves no holder and no waiter behind;
-    /// cleanup that needs the network is started before the drop returns.
+    /// cleanup that needs the network is started before the drop returns and
+    /// completes once the service has answered the request in flight (which
+    /// the service may still apply after the drop).
     async fn acquire(
         &self,
         key: &LockKey,
@@ -115,4 +117,13 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     /// # Errors
     /// [`LockError::Unavailable`] or [`LockError::Backend`].
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError>;
+}
+
+/// Completes at `deadline`; never when there is none. For the deadline arm of
+/// a backend's wait loop.
+pub async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

@@ -137,6 +137,16 @@ impl LockError {
         Self::Backend { backend, key: key.cloned(), source: source.into() }
     }
 
+    /// A [`LockError::Timeout`] for `key`, having waited since `started`.
+    pub fn timeout(backend: &'static str, key: &LockKey, started: tokio::time::Instant) -> Self {
+        Self::Timeout { backend, key: key.clone(), waited: started.elapsed() }
+    }
+
+    /// A [`LockError::Lost`] for `key`.
+    pub fn lost(backend: &'static str, key: &LockKey, reason: LostReason) -> Self {
+        Self::Lost { backend, key: key.clone(), reason }
+    }
+
     /// Whether trying the same call again may succeed: true for
     /// [`Unavailable`](Self::Unavailable) and [`Timeout`](Self::Timeout).
     pub fn is_transient(&self) -> bool {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{FencingToken, LockKey, LostReason};
+use crate::{FencingToken, LockError, LockKey, LostReason};
 
 /// A one-shot signal that a held lock is lost, carrying the first reason given.
 ///
@@ -150,6 +150,16 @@ impl Lease {
     /// The backend's own data, if it is of type `T`.
     pub fn backend_data<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.backend_data.downcast_ref()
+    }
+
+    /// The backend's own data of type `T`, or the error for a lease handed
+    /// to a backend other than the one that granted it.
+    ///
+    /// # Errors
+    /// [`LockError::Backend`] naming `backend` when the data is of another type.
+    pub fn backend_data_for<T: Any + Send + Sync>(&self, backend: &'static str) -> Result<&T, LockError> {
+        self.backend_data()
+            .ok_or_else(|| LockError::backend(backend, Some(&self.key), "the lease belongs to another backend"))
     }
 
     /// Whether this lease was released through its backend.

@@ -35,7 +35,7 @@ mod memory;
 mod options;
 mod token;
 
-pub use backend::DistributedLock;
+pub use backend::{DistributedLock, deadline_passed};
 pub use capabilities::Capabilities;
 pub use client::{LockRequest, Locks};
 pub use error::{BoxError, LockError, LostReason};

@@ -12,7 +12,7 @@ use lock_core::{
     LostReason,
 };
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -275,8 +275,8 @@ impl EtcdLock {
                     own = self.hub.deletion(contender, revision + 1);
                 }
                 _ = session.ended().fired() => return Err(lost(key, LostReason::SessionEnded)),
-                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    return Err(LockError::Timeout { backend: BACKEND, key: key.clone(), waited: started.elapsed() });
+                () = lock_core::deadline_passed(deadline) => {
+                    return Err(LockError::timeout(BACKEND, key, started));
                 }
             }
         }
@@ -323,9 +323,7 @@ impl EtcdLock {
     }
 
     fn grant_of(lease: &Lease) -> Result<&EtcdGrant, LockError> {
-        lease
-            .backend_data::<EtcdGrant>()
-            .ok_or_else(|| LockError::backend(BACKEND, Some(lease.key()), "the lease belongs to another backend"))
+        lease.backend_data_for::<EtcdGrant>(BACKEND)
     }
 }
 
@@ -448,15 +446,11 @@ fn first_kv(responses: &[etcd_client::TxnOpResponse], index: usize) -> Option<&K
 }
 
 fn lost(key: &LockKey, reason: LostReason) -> LockError {
-    LockError::Lost { backend: BACKEND, key: key.clone(), reason }
+    LockError::lost(BACKEND, key, reason)
 }
 
 fn lock_map<T>(map: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn far_future() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
 }
 
 /// How often a background deletion of our key is tried (about a minute of

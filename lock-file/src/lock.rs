@@ -12,7 +12,7 @@ use inotify::{Inotify, WatchMask};
 use lock_core::{
     Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal, LostReason,
 };
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 
 use crate::layout::lock_path;
 use crate::record::Record;
@@ -166,9 +166,7 @@ impl FileLock {
     }
 
     fn held(lease: &Lease) -> Result<&Held, LockError> {
-        lease
-            .backend_data::<Held>()
-            .ok_or_else(|| LockError::backend(BACKEND, Some(lease.key()), "the lease belongs to another backend"))
+        lease.backend_data_for::<Held>(BACKEND)
     }
 
     /// Why the lease is no longer ours, if it is not.
@@ -231,10 +229,10 @@ impl DistributedLock for FileLock {
                     _ = closes.next() => {}
                     () = sleep(BACKSTOP) => {}
                     _ = session.ended.fired() => {
-                        return Err(LockError::Lost { backend: BACKEND, key: key.clone(), reason: LostReason::SessionEnded });
+                        return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
                     }
-                    () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                        return Err(LockError::Timeout { backend: BACKEND, key: key.clone(), waited: started.elapsed() });
+                    () = lock_core::deadline_passed(deadline) => {
+                        return Err(LockError::timeout(BACKEND, key, started));
                     }
                 }
             }
@@ -317,8 +315,4 @@ fn unavailable(key: Option<&LockKey>, path: &Path, error: std::io::Error) -> Loc
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }

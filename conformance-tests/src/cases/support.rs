@@ -83,6 +83,13 @@ pub(crate) async fn await_waiters(harness: &dyn Harness, locks: &Locks, prefix: 
     }
 }
 
+/// Waits for requests of dropped futures to land: a network service may
+/// still apply a request whose client gave up on it, and the backend then
+/// removes what it wrote. Counting records before that would miss them.
+pub(crate) async fn let_abandoned_requests_land() {
+    sleep(GRACE / 10).await;
+}
+
 /// Asserts that nothing is left under `prefix` once cleanup has landed.
 pub(crate) async fn assert_clean(harness: &dyn Harness, prefix: &str, step: &str) {
     await_leftover(harness, prefix, 0, step).await;

@@ -7,7 +7,10 @@ use lock_core::LockError;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::support::{GRACE, STEP, assert_clean, await_leftover, await_waiters, ok, options, release, take, within};
+use super::support::{
+    GRACE, STEP, assert_clean, await_leftover, await_waiters, let_abandoned_requests_land, ok, options, release, take,
+    within,
+};
 use crate::{Harness, Namespace};
 
 /// Case 4: `acquire` with a deadline on a held key returns `Timeout` at the
@@ -54,6 +57,7 @@ pub async fn cancelled_acquire_leaves_no_ghost(h: std::sync::Arc<dyn Harness>) {
         let waited = timeout(patience, waiter.locks.acquire(&key, &options(h, "cancelled"), None)).await;
         assert!(waited.is_err(), "[{}] attempt {attempt}: a held key was granted: {waited:?}", h.name());
     }
+    let_abandoned_requests_land().await;
     await_leftover(h, ns.prefix(), 1, "cancelled waiters cleaned up").await;
     release(h, guard).await;
     assert_eq!(
@@ -89,6 +93,7 @@ pub async fn cancel_racing_release_leaves_no_ghost(h: std::sync::Arc<dyn Harness
         if let Ok(granted) = waited {
             release(h, ok(h, "racing acquire", granted)).await;
         }
+        let_abandoned_requests_land().await;
         await_leftover(h, ns.prefix(), 0, &format!("attempt {attempt}: no ghost after the race")).await;
         let free = take(h, &third.locks, &key, &options(h, "third")).await;
         release(h, free).await;

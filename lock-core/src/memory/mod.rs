@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 pub use store::MemoryStore;
 use store::{Contender, Enqueued, Grant};
@@ -142,10 +142,7 @@ impl MemoryLock {
     }
 
     fn lease_id(lease: &Lease) -> Result<u64, LockError> {
-        lease
-            .backend_data::<MemoryLease>()
-            .map(|data| data.lease_id)
-            .ok_or_else(|| LockError::backend(BACKEND, Some(lease.key()), "the lease belongs to another backend"))
+        lease.backend_data_for::<MemoryLease>(BACKEND).map(|data| data.lease_id)
     }
 
     /// The answer for a lease the store no longer holds for us.
@@ -214,12 +211,12 @@ impl DistributedLock for MemoryLock {
                         Err(_) => Err(LockError::backend(BACKEND, Some(key), "the store dropped the wait queue")),
                     };
                 }
-                () = async { sleep_until(expiry.unwrap_or_else(far_future)).await }, if expiry.is_some() => {
+                () = crate::deadline_passed(expiry) => {
                     self.store.settle(key);
                 }
-                () = async { sleep_until(deadline.unwrap_or_else(far_future)).await }, if deadline.is_some() => {
+                () = crate::deadline_passed(deadline) => {
                     drop(withdrawal);
-                    return Err(LockError::Timeout { backend: BACKEND, key: key.clone(), waited: started.elapsed() });
+                    return Err(LockError::timeout(BACKEND, key, started));
                 }
             }
         }
@@ -259,8 +256,4 @@ impl DistributedLock for MemoryLock {
         self.send(Some(key)).await?;
         Ok(self.store.inspect(key))
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
