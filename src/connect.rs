@@ -15,11 +15,17 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// | `mem://NAME` | the process-wide in-memory store `NAME`, shared by every `connect` to it |
 /// | `file:///some/dir` | [`lock_file::FileLock`] in that directory |
 /// | `etcd://host:2379[,host:2379...][/namespace/]?ttl=15s` | etcd (feature `etcd`); `etcds://` for TLS |
+/// | `zk://host:2181[,host:2181...][/chroot]?session_timeout=10s` | ZooKeeper (feature `zk`) |
 ///
 /// etcd parameters: `ttl` (lease TTL, whole seconds), `connect_timeout`,
 /// `request_timeout` (durations like `15s`, `500ms`), `user` and `password`,
 /// and for `etcds://` `ca`, `cert`, `key` (PEM file paths) and `domain`. The
 /// path is the key namespace (default `distlock/`).
+///
+/// ZooKeeper parameters: `session_timeout` (the locks' TTL), `base` (the path
+/// lock directories live under, default `/distlock`), `connect_timeout`,
+/// `request_timeout`, and `user` + `password` for digest authentication (lock
+/// nodes then get an ACL only that identity may delete). The path is the chroot.
 ///
 /// # Errors
 /// [`LockError::InvalidConfig`] for a malformed URL, an unknown scheme or
@@ -52,10 +58,9 @@ pub async fn connect(url: &str) -> Result<Locks, LockError> {
             Ok(Locks::new(lock_file::FileLock::new(dir)?))
         }
         "etcd" | "etcds" => etcd(&parsed).await,
-        "consul" | "zk" => {
-            Err(invalid("connect", format!("no {} backend in this version of distlock yet", parsed.scheme)))
-        }
-        other => Err(invalid("connect", format!("unknown scheme {other:?} (expected mem, file or etcd)"))),
+        "zk" => zk(&parsed).await,
+        "consul" => Err(invalid("connect", "no consul backend in this version of distlock yet".to_owned())),
+        other => Err(invalid("connect", format!("unknown scheme {other:?} (expected mem, file, etcd or zk)"))),
     }
 }
 
@@ -120,7 +125,38 @@ async fn etcd(_: &BackendUrl) -> Result<Locks, LockError> {
     Err(invalid("etcd", "the etcd backend is not built in: enable the `etcd` feature of distlock".to_owned()))
 }
 
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg(feature = "zk")]
+async fn zk(url: &BackendUrl) -> Result<Locks, LockError> {
+    if url.authority.is_empty() {
+        return Err(invalid("zk", "no host: expected zk://host:port[,host:port...][/chroot]".to_owned()));
+    }
+    let mut config = lock_zk::ZkConfig::new(format!("{}{}", url.authority, url.path.trim_end_matches('/')));
+    let (mut user, mut password) = (None, None);
+    for (name, value) in &url.params {
+        match name.as_str() {
+            "session_timeout" | "ttl" => config = config.session_timeout(duration("zk", name, value)?),
+            "connect_timeout" => config = config.connect_timeout(duration("zk", name, value)?),
+            "request_timeout" => config = config.request_timeout(duration("zk", name, value)?),
+            "base" => config = config.base_path(value.clone()),
+            "user" => user = Some(value.clone()),
+            "password" => password = Some(value.clone()),
+            other => return Err(invalid("zk", format!("unknown parameter {other:?}"))),
+        }
+    }
+    match (user, password) {
+        (Some(user), Some(password)) => config = config.digest(user, password),
+        (None, None) => {}
+        _ => return Err(invalid("zk", "user and password go together".to_owned())),
+    }
+    Ok(Locks::new(lock_zk::ZkLock::connect(config).await?))
+}
+
+#[cfg(not(feature = "zk"))]
+async fn zk(_: &BackendUrl) -> Result<Locks, LockError> {
+    Err(invalid("zk", "the ZooKeeper backend is not built in: enable the `zk` feature of distlock".to_owned()))
+}
+
+#[cfg_attr(not(any(feature = "etcd", feature = "zk")), allow(dead_code))]
 fn duration(backend: &'static str, name: &str, value: &str) -> Result<Duration, LockError> {
     humantime::parse_duration(value).map_err(|e| invalid(backend, format!("parameter {name}={value:?}: {e}")))
 }
@@ -192,6 +228,11 @@ mod tests {
             ("file://host/dir", "got host"),
             ("etcd://h:1?ttl=1s&ttl=2s", "given twice"),
         ];
+        if cfg!(feature = "zk") {
+            cases.extend([("zk://h:1?bogus=1", "unknown parameter"), ("zk://?ttl=1s", "no host")]);
+        } else {
+            cases.push(("zk://h:1", "enable the `zk` feature"));
+        }
         if cfg!(feature = "etcd") {
             cases.extend([
                 ("etcd://h:1?bogus=1", "unknown parameter"),

@@ -30,6 +30,10 @@ pub use lock_file as file;
 #[cfg(feature = "etcd")]
 pub use lock_etcd as etcd;
 
+/// The ZooKeeper backend (feature `zk`).
+#[cfg(feature = "zk")]
+pub use lock_zk as zk;
+
 /// Compiles and runs the examples in README.md as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

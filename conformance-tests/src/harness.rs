@@ -63,6 +63,14 @@ pub trait ClientControl: Send + Sync {
 
     /// Lets stalled traffic flow again.
     async fn restore(&self);
+
+    /// Lets requests reach the service but holds back its replies, as on a
+    /// connection that dies right after a request left. Backends whose
+    /// harness cannot do that leave it unimplemented; only tests that need it
+    /// call it.
+    async fn lose_replies(&self) {
+        panic!("this harness cannot hold back replies alone");
+    }
 }
 
 /// A random key prefix of one case, so cases run in parallel on one service.

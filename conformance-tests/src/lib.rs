@@ -18,10 +18,13 @@
 pub mod cases;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod failover;
 pub mod file;
 mod harness;
 pub mod memory;
 pub mod proxy;
+#[cfg(feature = "zk")]
+pub mod zk;
 
 pub use harness::{ClientControl, Harness, Namespace, TestClient};
 

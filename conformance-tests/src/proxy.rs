@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 pub struct StallProxy {
     address: SocketAddr,
     stalled: watch::Sender<bool>,
+    replies_stalled: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -27,8 +28,9 @@ impl StallProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
         let (stalled, watching) = watch::channel(false);
-        let task = tokio::spawn(accept(listener, upstream, watching));
-        Ok(Self { address, stalled, task })
+        let (replies_stalled, watching_replies) = watch::channel(false);
+        let task = tokio::spawn(accept(listener, upstream, watching, watching_replies));
+        Ok(Self { address, stalled, replies_stalled, task })
     }
 
     /// A proxy that accepts connections and never forwards a byte: an
@@ -52,9 +54,17 @@ impl StallProxy {
         self.stalled.send_replace(true);
     }
 
-    /// Forwards again.
+    /// Forwards again, in both directions.
     pub fn resume(&self) {
         self.stalled.send_replace(false);
+        self.replies_stalled.send_replace(false);
+    }
+
+    /// Holds back only what the service sends: requests still arrive and are
+    /// applied, their replies are lost, as on a connection that dies after
+    /// the request left.
+    pub fn stall_replies(&self) {
+        self.replies_stalled.send_replace(true);
     }
 }
 
@@ -64,10 +74,15 @@ impl Drop for StallProxy {
     }
 }
 
-async fn accept(listener: TcpListener, upstream: SocketAddr, stalled: watch::Receiver<bool>) {
+async fn accept(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    stalled: watch::Receiver<bool>,
+    replies_stalled: watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     while let Ok((client, _)) = listener.accept().await {
-        let stalled = stalled.clone();
+        let (stalled, replies_stalled) = (stalled.clone(), replies_stalled.clone());
         connections.spawn(async move {
             if await_flowing(&stalled).await.is_err() {
                 return;
@@ -76,8 +91,8 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, stalled: watch::Rec
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             tokio::select! {
-                _ = pump(client_read, server_write, stalled.clone()) => {}
-                _ = pump(server_read, client_write, stalled) => {}
+                _ = pump(client_read, server_write, stalled.clone(), None) => {}
+                _ = pump(server_read, client_write, stalled, Some(replies_stalled)) => {}
             }
         });
     }
@@ -87,11 +102,13 @@ async fn await_flowing(stalled: &watch::Receiver<bool>) -> Result<(), watch::err
     stalled.clone().wait_for(|stalled| !*stalled).await.map(|_| ())
 }
 
-/// Copies bytes, holding each chunk back while the proxy is stalled.
+/// Copies bytes, holding each chunk back while the proxy (or, for the reply
+/// direction, the replies) are stalled.
 async fn pump(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin,
     stalled: watch::Receiver<bool>,
+    direction_stalled: Option<watch::Receiver<bool>>,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -101,6 +118,9 @@ async fn pump(
             return Ok(());
         }
         await_flowing(&stalled).await.map_err(io::Error::other)?;
+        if let Some(direction) = &direction_stalled {
+            await_flowing(direction).await.map_err(io::Error::other)?;
+        }
         to.write_all(&buffer[..read]).await?;
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lock_core::{LockError, Locks, MemoryStore};
-#[cfg(feature = "etcd")]
+#[cfg(any(feature = "etcd", feature = "zk"))]
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -24,6 +24,14 @@ pub enum Target {
         /// Lease TTL of the benchmark's clients.
         ttl: Duration,
     },
+    /// ZooKeeper at these hosts (its raw round trip is an `exists`).
+    #[cfg(feature = "zk")]
+    Zk {
+        /// `host:port[,host:port...]`.
+        hosts: String,
+        /// Session timeout of the benchmark's clients.
+        ttl: Duration,
+    },
 }
 
 impl Target {
@@ -35,6 +43,8 @@ impl Target {
             "file" => Ok(Self::File(std::env::temp_dir().join(format!("distlock-bench-{}", std::process::id())))),
             #[cfg(feature = "etcd")]
             "etcd" => Ok(Self::Etcd { endpoints: lock_etcd::EtcdConfig::from_env().endpoints().to_vec(), ttl }),
+            #[cfg(feature = "zk")]
+            "zk" => Ok(Self::Zk { hosts: lock_zk::ZkConfig::from_env().hosts_value().to_owned(), ttl }),
             other => Err(format!("unknown or disabled backend {other:?}")),
         }
     }
@@ -46,6 +56,8 @@ impl Target {
             Self::File(_) => "file",
             #[cfg(feature = "etcd")]
             Self::Etcd { .. } => "etcd",
+            #[cfg(feature = "zk")]
+            Self::Zk { .. } => "zk",
         }
     }
 
@@ -59,6 +71,11 @@ impl Target {
                 let config =
                     lock_etcd::EtcdConfig::new(endpoints.iter().cloned()).namespace("distlock-bench/").lease_ttl(*ttl);
                 Ok(Locks::new(lock_etcd::EtcdLock::connect(config).await?))
+            }
+            #[cfg(feature = "zk")]
+            Self::Zk { hosts, ttl } => {
+                let config = lock_zk::ZkConfig::new(hosts.clone()).base_path("/distlock-bench").session_timeout(*ttl);
+                Ok(Locks::new(lock_zk::ZkLock::connect(config).await?))
             }
         }
     }
@@ -95,6 +112,15 @@ impl Target {
                     samples.push(started.elapsed());
                 }
             }
+            #[cfg(feature = "zk")]
+            Self::Zk { hosts, .. } => {
+                let client = zookeeper_client::Client::connect(hosts).await.map_err(|e| e.to_string())?;
+                for _ in 0..count {
+                    let started = Instant::now();
+                    client.check_stat("/distlock-bench").await.map_err(|e| e.to_string())?;
+                    samples.push(started.elapsed());
+                }
+            }
         }
         Ok(samples)
     }
@@ -118,6 +144,16 @@ impl Target {
                         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                         .sum(),
                 )
+            }
+            // ZooKeeper's `mntr` counts every packet it received.
+            #[cfg(feature = "zk")]
+            Self::Zk { hosts, .. } => {
+                let host = hosts.split(',').next()?;
+                let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+                stream.write_all(b"mntr").await.ok()?;
+                let mut body = String::new();
+                stream.read_to_string(&mut body).await.ok()?;
+                body.lines().find_map(|line| line.strip_prefix("zk_packets_received")?.trim().parse().ok())
             }
         }
     }

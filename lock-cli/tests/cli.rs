@@ -150,3 +150,18 @@ fn exec_runs_against_etcd() {
     let status = run(&url, &["status", "--key", "cli/etcd"]);
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "cli/etcd: free");
 }
+
+/// Against ZooKeeper: `DISTLOCK_CLI_ZK`, by default the local ZooKeeper that
+/// `scripts/services start zk` runs.
+#[test]
+fn exec_runs_against_zookeeper() {
+    let url = std::env::var("DISTLOCK_CLI_ZK").unwrap_or_else(|_| "zk://127.0.0.1:2181?base=/distlock-cli-test".into());
+    let output = run(&url, &["exec", "--key", "cli/zk", "--", "sh", "-c", "echo token=$DISTLOCK_FENCING_TOKEN"]);
+    assert!(
+        output.status.success(),
+        "distlock exec against {url} failed; is ZooKeeper running (`scripts/services start zk`)? {output:?}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let token: u64 = text.trim().trim_start_matches("token=").parse().unwrap_or(0);
+    assert!(token > 0, "{text}");
+}

@@ -48,6 +48,11 @@ async fn connect(backend: &str, ttl: Duration, namespace: &str) -> Result<Locks,
             let config = lock_etcd::EtcdConfig::from_env().namespace(namespace).lease_ttl(ttl);
             Ok(Locks::new(lock_etcd::EtcdLock::connect(config).await?))
         }
+        #[cfg(feature = "zk")]
+        "zk" => {
+            let config = lock_zk::ZkConfig::from_env().base_path(namespace).session_timeout(ttl);
+            Ok(Locks::new(lock_zk::ZkLock::connect(config).await?))
+        }
         other => {
             Err(LockError::InvalidConfig { backend: "holder", message: format!("backend {other} is not built in") })
         }

@@ -1,0 +1,8 @@
+//! The conformance suite on the ZooKeeper backend, against a real ZooKeeper
+//! (`scripts/services start zk`; hosts from `DISTLOCK_ZK_HOSTS`).
+#![cfg(feature = "zk")]
+
+conformance_tests::conformance_suite!(
+    zk,
+    conformance_tests::zk::ZkHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);

@@ -1,0 +1,119 @@
+//! The client's ZooKeeper session, shared by all its locks, replaced when
+//! ZooKeeper expires it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{LockError, LockKey, LossSignal, LostReason};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info_span, warn};
+use zookeeper_client::{Client, SessionState};
+
+use crate::{ZkConfig, error};
+
+/// One ZooKeeper session and the task that watches its state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    ended: LossSignal,
+    watcher: JoinHandle<()>,
+    /// When the last request the server answered on this session was sent.
+    confirmed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// One renewal request at a time: the others wait and reuse its answer.
+    pub(crate) renewing: Mutex<()>,
+}
+
+impl Session {
+    async fn start(config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
+        let mut connector = Client::connector()
+            .with_session_timeout(config.session_timeout_value())
+            .with_connection_timeout(config.connect_timeout_value())
+            .with_fail_eagerly();
+        if let Some((user, password)) = config.digest_value() {
+            connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+        }
+        let limit = config.connect_timeout_value() + config.request_timeout_value();
+        let client = match timeout(limit, connector.connect(config.hosts_value())).await {
+            Ok(connected) => connected.map_err(|e| error::map(key, e))?,
+            Err(_) => return Err(error::timed_out(key, "connect", limit)),
+        };
+        let ended = LossSignal::new();
+        let mut states = client.state_watcher();
+        let signal = ended.clone();
+        let span = info_span!("zk_session", session = client.session().id().0);
+        let watcher = tokio::spawn(
+            async move {
+                loop {
+                    match states.changed().await {
+                        SessionState::Disconnected => debug!("disconnected; the session may still be alive"),
+                        SessionState::SyncConnected => debug!("reconnected"),
+                        terminal => {
+                            warn!(?terminal, "session ended");
+                            signal.fire(LostReason::SessionEnded);
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        debug!(session = client.session().id().0, timeout = ?client.session_timeout(), "session started");
+        Ok(Arc::new(Self { client, ended, watcher, confirmed: std::sync::Mutex::default(), renewing: Mutex::new(()) }))
+    }
+
+    pub(crate) fn ended(&self) -> &LossSignal {
+        &self.ended
+    }
+
+    /// A send time of an answered request recent enough (within a quarter of
+    /// the TTL) to prove the session alive for another renewal.
+    pub(crate) fn recent_confirmation(&self) -> Option<tokio::time::Instant> {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.filter(|at| at.elapsed() < self.ttl() / 4)
+    }
+
+    /// Records that a request sent at `sent` was answered.
+    pub(crate) fn confirm(&self, sent: tokio::time::Instant) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if confirmed.is_none_or(|at| at < sent) {
+            *confirmed = Some(sent);
+        }
+    }
+
+    /// The session timeout ZooKeeper negotiated: the TTL of every lock.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.client.session_timeout()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// The client's current session.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    current: Mutex<Option<Arc<Session>>>,
+}
+
+impl Sessions {
+    /// The live session, opening a new one when there is none.
+    pub(crate) async fn get(&self, config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Session>, LockError> {
+        let mut current = self.current.lock().await;
+        if let Some(session) = current.as_ref().filter(|s| !s.ended.is_fired()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::start(config, key).await?;
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// The session, if one is open.
+    pub(crate) async fn current(&self) -> Option<Arc<Session>> {
+        self.current.lock().await.clone()
+    }
+}

@@ -1,0 +1,134 @@
+//! Connection and session options.
+
+use std::time::Duration;
+
+use lock_core::LockError;
+
+use crate::BACKEND;
+
+/// Where the hosts come from when none are configured.
+pub const HOSTS_ENV: &str = "DISTLOCK_ZK_HOSTS";
+
+/// The hosts used when neither the configuration nor the environment names any.
+pub const DEFAULT_HOSTS: &str = "127.0.0.1:2181";
+
+/// How to reach ZooKeeper and how the client's session behaves.
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_zk::ZkConfig;
+///
+/// let config = ZkConfig::new("10.0.0.1:2181,10.0.0.2:2181/myapp")
+///     .base_path("/locks")
+///     .session_timeout(Duration::from_secs(10));
+/// assert_eq!(config.hosts_value(), "10.0.0.1:2181,10.0.0.2:2181/myapp");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ZkConfig {
+    hosts: String,
+    base_path: String,
+    session_timeout: Duration,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    digest: Option<(String, String)>,
+}
+
+impl ZkConfig {
+    /// A configuration for `hosts` (`host:port[,host:port...][/chroot]`) with
+    /// the defaults: base path `/distlock`, session timeout 15 s, connect and
+    /// request timeouts 5 s.
+    pub fn new(hosts: impl Into<String>) -> Self {
+        Self {
+            hosts: hosts.into(),
+            base_path: "/distlock".to_owned(),
+            session_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            digest: None,
+        }
+    }
+
+    /// Hosts from `DISTLOCK_ZK_HOSTS`, else `127.0.0.1:2181`.
+    pub fn from_env() -> Self {
+        Self::new(std::env::var(HOSTS_ENV).unwrap_or_else(|_| DEFAULT_HOSTS.to_owned()))
+    }
+
+    /// The path under which lock directories live (default `/distlock`).
+    pub fn base_path(mut self, path: impl Into<String>) -> Self {
+        self.base_path = path.into();
+        self
+    }
+
+    /// The session timeout, which is the locks' TTL. ZooKeeper must be able
+    /// to grant it (between 2 and 20 ticks by default).
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for each request.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Authenticates with the digest scheme as `user`; lock nodes then carry
+    /// an ACL that lets only this identity delete them.
+    pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some((user.into(), password.into()));
+        self
+    }
+
+    /// The hosts.
+    pub fn hosts_value(&self) -> &str {
+        &self.hosts
+    }
+
+    /// The base path.
+    pub fn base_path_value(&self) -> &str {
+        &self.base_path
+    }
+
+    /// The session timeout asked for.
+    pub fn session_timeout_value(&self) -> Duration {
+        self.session_timeout
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The request timeout.
+    pub fn request_timeout_value(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub(crate) fn digest_value(&self) -> Option<&(String, String)> {
+        self.digest.as_ref()
+    }
+
+    /// Checks the configuration without connecting.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), LockError> {
+        let invalid = |message: String| Err(LockError::InvalidConfig { backend: BACKEND, message });
+        if self.hosts.trim().is_empty() || self.hosts.contains(char::is_whitespace) {
+            return invalid(format!("malformed hosts {:?}", self.hosts));
+        }
+        if !self.base_path.starts_with('/') || self.base_path.len() < 2 || self.base_path.ends_with('/') {
+            return invalid(format!("base path must be absolute with no trailing /, got {:?}", self.base_path));
+        }
+        if self.session_timeout < Duration::from_millis(100) {
+            return invalid(format!("session timeout {:?} is too short", self.session_timeout));
+        }
+        Ok(())
+    }
+}
