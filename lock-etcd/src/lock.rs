@@ -255,14 +255,16 @@ impl EtcdLock {
             }
             let Some(before) = first_kv(&responses, 0) else { return Ok(()) };
             let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
-            let before = before.key().to_vec();
+            let (before_revision, before) = (before.create_revision(), before.key().to_vec());
             let mut turn = self.hub.deletion_from_now(before.clone());
             tokio::select! {
                 _ = async {
                     // Created after writes we have not seen: the predecessor
-                    // may be gone already, and its deletion before the watch.
+                    // may be gone already, its deletion before the watch. Its
+                    // key may even be back, written anew by the same lease
+                    // (behind us now), so compare the incarnation, not the name.
                     if turn.created().await.is_some_and(|created| created > seen_at)
-                        && !self.exists(key, &before).await.unwrap_or(true)
+                        && self.create_revision(key, &before).await.ok() != Some(Some(before_revision))
                     {
                         return;
                     }
@@ -282,11 +284,12 @@ impl EtcdLock {
         }
     }
 
-    /// Whether `etcd_key` exists now.
-    async fn exists(&self, key: &LockKey, etcd_key: &[u8]) -> Result<bool, LockError> {
+    /// The create revision of `etcd_key` now, if it exists.
+    async fn create_revision(&self, key: &LockKey, etcd_key: &[u8]) -> Result<Option<i64>, LockError> {
         let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_count_only();
-        Ok(self.call(key, "check predecessor", kv.get(etcd_key, Some(options))).await?.count() > 0)
+        let options = GetOptions::new().with_keys_only();
+        let found = self.call(key, "check predecessor", kv.get(etcd_key, Some(options))).await?;
+        Ok(found.kvs().first().map(KeyValue::create_revision))
     }
 
     /// Turns our contender key into a lease, watching for its loss.

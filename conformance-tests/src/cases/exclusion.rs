@@ -8,7 +8,7 @@ use lock_core::{FencingToken, LockKey, Locks};
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 
-use super::support::{STEP, acquire, assert_clean, ok, options, release, take, within};
+use super::support::{GRACE, STEP, acquire, assert_clean, ok, options, release, take, within};
 use crate::{Harness, Namespace};
 
 const WORKERS: usize = 8;
@@ -21,15 +21,24 @@ async fn guarded_counter(h: &Arc<dyn Harness>, clients: Vec<Locks>, key: LockKey
     let inside = Arc::new(AtomicUsize::new(0));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let last_token = Arc::new(AtomicU64::new(0));
+    let longest_wait = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for (worker, locks) in clients.into_iter().enumerate() {
         let (h, key) = (Arc::clone(h), key.clone());
-        let (counter, inside, overlaps, last_token) =
-            (Arc::clone(&counter), Arc::clone(&inside), Arc::clone(&overlaps), Arc::clone(&last_token));
+        let (counter, inside, overlaps, last_token, longest_wait) = (
+            Arc::clone(&counter),
+            Arc::clone(&inside),
+            Arc::clone(&overlaps),
+            Arc::clone(&last_token),
+            Arc::clone(&longest_wait),
+        );
         workers.spawn(async move {
             let opts = options(&*h, &format!("worker-{worker}"));
             for _ in 0..ROUNDS {
+                let asked = tokio::time::Instant::now();
                 let guard = acquire(&*h, &locks, &key, &opts).await;
+                let waited = u64::try_from(asked.elapsed().as_millis()).unwrap_or(u64::MAX);
+                longest_wait.fetch_max(waited, Ordering::SeqCst);
                 if inside.fetch_add(1, Ordering::SeqCst) != 0 {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }
@@ -50,6 +59,11 @@ async fn guarded_counter(h: &Arc<dyn Harness>, clients: Vec<Locks>, key: LockKey
         }
     }
     assert_eq!(overlaps.load(Ordering::SeqCst), 0, "[{}] two holders were inside at once", h.name());
+    // Holders keep the lock for milliseconds: a wait of more than two TTLs
+    // means a release did not wake the next waiter.
+    let longest = Duration::from_millis(longest_wait.load(Ordering::SeqCst));
+    let bound = h.ttl() * 2 + GRACE;
+    assert!(longest <= bound, "[{}] a waiter waited {longest:?}: a release did not wake it", h.name());
     let expected = (WORKERS * ROUNDS) as u64;
     assert_eq!(counter.load(Ordering::SeqCst), expected, "[{}] lost updates: the lock did not exclude", h.name());
 }
