@@ -30,13 +30,13 @@ pub struct Options {
     #[arg(long, default_value_t = 500)]
     iterations: usize,
     /// Length of the contention and spread scenarios.
-    #[arg(long, value_parser = parse_seconds, default_value = "5")]
+    #[arg(long, value_parser = parse_seconds, default_value = "3")]
     duration: Duration,
     /// Locks held at once in the scale scenario.
     #[arg(long, default_value_t = 10_000)]
     locks: usize,
     /// How long the scale scenario watches the service's request rate.
-    #[arg(long, value_parser = parse_seconds, default_value = "10")]
+    #[arg(long, value_parser = parse_seconds, default_value = "5")]
     hold: Duration,
     /// Lease TTL of the benchmark's clients, in seconds.
     #[arg(long, value_parser = parse_seconds, default_value = "5")]

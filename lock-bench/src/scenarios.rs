@@ -157,7 +157,9 @@ pub async fn scale(target: &Target, options: &Options) -> Outcome {
     // Let acquisition traffic drain (each lock's loss watch is registered on
     // the shared watch stream after its grant): the rate to report is the
     // steady one of keeping the locks.
-    sleep(options.ttl).await;
+    if one_lock_rate.is_some() {
+        sleep(options.ttl).await;
+    }
     let many_rate = request_rate(target, options.hold).await;
     let rss = resident_kib();
     let lost = guards.iter().filter(|guard| guard.is_lost()).count();
