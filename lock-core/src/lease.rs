@@ -167,6 +167,26 @@ impl Lease {
         self.released.load(Ordering::Acquire)
     }
 
+    /// Checks what the client knows locally before asking the service:
+    /// `NotHeld` after a release; `Lost` once this lease's loss signal, or
+    /// the signal of the `session` it belongs to, has fired (which then
+    /// fires this lease's too).
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`] or [`LockError::Lost`], naming `backend`.
+    pub fn ensure_held(&self, backend: &'static str, session: Option<&LossSignal>) -> Result<(), LockError> {
+        if self.is_released() {
+            return Err(LockError::NotHeld { backend, key: self.key.clone() });
+        }
+        if let Some(reason) = session.and_then(LossSignal::reason) {
+            self.loss.fire(reason);
+        }
+        match self.loss.reason() {
+            Some(reason) => Err(LockError::lost(backend, &self.key, reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Records a successful release; backends call it so that a second
     /// release or a renew after it is answered with `NotHeld`.
     pub fn mark_released(&self) {

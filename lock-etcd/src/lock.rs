@@ -542,15 +542,7 @@ impl DistributedLock for EtcdLock {
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
         let grant = Self::grant_of(lease)?;
-        if lease.is_released() {
-            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
-        }
-        if grant.session.ended().is_fired() {
-            lease.loss_signal().fire(LostReason::SessionEnded);
-        }
-        if let Some(reason) = lease.loss_signal().reason() {
-            return Err(lost(lease.key(), reason));
-        }
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
         // The session's keep-alive extends every lock of the lease; the
         // monitor reports the key's own deletion.
         Ok(grant.session.confirmed_at())

@@ -381,15 +381,7 @@ impl DistributedLock for ZkLock {
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
         let grant = grant_of(lease)?;
-        if lease.is_released() {
-            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
-        }
-        if grant.session.ended().is_fired() {
-            lease.loss_signal().fire(LostReason::SessionEnded);
-        }
-        if let Some(reason) = lease.loss_signal().reason() {
-            return Err(LockError::lost(BACKEND, lease.key(), reason));
-        }
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
         // Any request the server answered restarts the session timeout, so a
         // recent one proves every lock of the session (each node's deletion
         // is watched); otherwise ask, about once a quarter TTL per session,
