@@ -9,6 +9,7 @@ use lock_core::{
     LostReason,
 };
 use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use zookeeper_client::{Acls, EventType, Stat};
 
@@ -54,31 +55,7 @@ struct ZkGrant {
     path: String,
     czxid: i64,
     session: Arc<Session>,
-    stop_monitor: tokio_util_shim::Stop,
-}
-
-mod tokio_util_shim {
-    //! A one-shot stop signal for the loss monitor.
-    use std::sync::Arc;
-    use tokio::sync::Notify;
-
-    #[derive(Debug, Clone, Default)]
-    pub(super) struct Stop(Arc<(Notify, std::sync::atomic::AtomicBool)>);
-
-    impl Stop {
-        pub(super) fn stop(&self) {
-            self.0.1.store(true, std::sync::atomic::Ordering::Release);
-            self.0.0.notify_waiters();
-        }
-
-        pub(super) async fn stopped(&self) {
-            let notified = self.0.0.notified();
-            if self.0.1.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
+    stop_monitor: CancellationToken,
 }
 
 impl ZkLock {
@@ -192,26 +169,23 @@ impl ZkLock {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<Turn, LockError> {
-        {
-            let children = self.call(key, "list contenders", session.client.list_children(dir)).await?;
-            let mut contenders: Vec<&String> = children.iter().filter(|child| sequence(child).is_some()).collect();
-            contenders.sort_by_key(|child| sequence(child));
-            let Some(position) = contenders.iter().position(|child| *child == name) else {
-                let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
-                return Err(LockError::lost(BACKEND, key, reason));
-            };
-            let Some(before) = position.checked_sub(1).and_then(|i| contenders.get(i)) else { return Ok(Turn::Mine) };
-            let before = format!("{dir}/{before}");
-            let (stat, watcher) =
-                self.call(key, "watch predecessor", session.client.check_and_watch_stat(&before)).await?;
-            if stat.is_none() {
-                return Ok(Turn::NotYet);
-            }
-            tokio::select! {
-                _ = watcher.changed() => Ok(Turn::NotYet),
-                _ = session.ended().fired() => Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
-                () = lock_core::deadline_passed(deadline) => Err(LockError::timeout(BACKEND, key, started)),
-            }
+        let children = self.call(key, "list contenders", session.client.list_children(dir)).await?;
+        let mut contenders: Vec<&String> = children.iter().filter(|child| sequence(child).is_some()).collect();
+        contenders.sort_by_key(|child| sequence(child));
+        let Some(position) = contenders.iter().position(|child| *child == name) else {
+            let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
+            return Err(LockError::lost(BACKEND, key, reason));
+        };
+        let Some(before) = position.checked_sub(1).and_then(|i| contenders.get(i)) else { return Ok(Turn::Mine) };
+        let before = format!("{dir}/{before}");
+        let (stat, watcher) = self.call(key, "watch predecessor", session.client.check_and_watch_stat(&before)).await?;
+        if stat.is_none() {
+            return Ok(Turn::NotYet);
+        }
+        tokio::select! {
+            _ = watcher.changed() => Ok(Turn::NotYet),
+            _ = session.ended().fired() => Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+            () = lock_core::deadline_passed(deadline) => Err(LockError::timeout(BACKEND, key, started)),
         }
     }
 
@@ -228,7 +202,7 @@ impl ZkLock {
         let watched = self.call(key, "read lock node", session.client.check_and_watch_stat(&path)).await?;
         let (Some(stat), watcher) = watched else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
         let loss = LossSignal::new();
-        let stop = tokio_util_shim::Stop::default();
+        let stop = CancellationToken::new();
         tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
         debug!(%key, path, czxid = stat.czxid, "granted");
         let ttl = session.ttl();
@@ -251,7 +225,7 @@ async fn monitor(
     path: String,
     first: zookeeper_client::OneshotWatcher,
     loss: LossSignal,
-    stop: tokio_util_shim::Stop,
+    stop: CancellationToken,
 ) {
     let mut next = Some(first);
     loop {
@@ -265,14 +239,14 @@ async fn monitor(
             Err(_) => {
                 // Session trouble: the session watcher or the guard's clock decides.
                 tokio::select! {
-                    () = stop.stopped() => return,
+                    () = stop.cancelled() => return,
                     _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
                     () = tokio::time::sleep(Duration::from_millis(200)) => continue,
                 }
             }
         };
         tokio::select! {
-            () = stop.stopped() => return,
+            () = stop.cancelled() => return,
             _ = loss.fired() => return,
             _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
             event = watcher.changed() => {
@@ -412,7 +386,7 @@ impl DistributedLock for ZkLock {
         if lease.is_released() {
             return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
         }
-        grant.stop_monitor.stop();
+        grant.stop_monitor.cancel();
         let deleted = self.call(lease.key(), "release", grant.session.client.delete(&grant.path, None)).await;
         match deleted {
             Ok(()) => {
