@@ -16,6 +16,8 @@
 //! starting it, so a missing service fails the suite instead of passing it.
 
 pub mod cases;
+#[cfg(feature = "consul")]
+pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod failover;

@@ -53,6 +53,14 @@ async fn connect(backend: &str, ttl: Duration, namespace: &str) -> Result<Locks,
             let config = lock_zk::ZkConfig::from_env().base_path(namespace).session_timeout(ttl);
             Ok(Locks::new(lock_zk::ZkLock::connect(config).await?))
         }
+        #[cfg(feature = "consul")]
+        "consul" => {
+            let config = lock_consul::ConsulConfig::from_env()
+                .prefix(namespace)
+                .session_ttl(ttl)
+                .lock_delay(conformance_tests::consul::LOCK_DELAY);
+            Ok(Locks::new(lock_consul::ConsulLock::connect(config).await?))
+        }
         other => {
             Err(LockError::InvalidConfig { backend: "holder", message: format!("backend {other} is not built in") })
         }

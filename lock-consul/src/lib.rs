@@ -1,0 +1,40 @@
+//! The Consul backend of distlock.
+//!
+//! [`ConsulLock`] implements [`DistributedLock`](lock_core::DistributedLock)
+//! on Consul's KV store and sessions, key for key like Consul's own lock
+//! (`api.Lock` in Go, the `consul lock` command): a Rust service using
+//! distlock and a Go service or a shell script using `consul lock` exclude
+//! each other on the same lock. [`native_lock_key`] tells how a distlock key
+//! maps to the Consul key (`consul lock PREFIX` uses `PREFIX/.lock`).
+//!
+//! * **Fenced** by the raft `ModifyIndex` of the acquiring write.
+//! * **One session per client**, renewed in the background however many
+//!   locks it holds; its invalidation makes every guard report lost at once.
+//! * **Blocking queries** for waiting and for watching held keys.
+//! * **Connection options**: address (http or https with a CA file), ACL
+//!   token, datacenter, key prefix, session TTL and lock delay
+//!   ([`ConsulConfig`]).
+//!
+//! Consul refuses session TTLs below its `session_ttl_min` (10 s on a stock
+//! server); the default TTL here is 15 s.
+
+mod api;
+mod claims;
+mod config;
+mod error;
+mod layout;
+mod lock;
+mod monitor;
+mod session;
+
+pub use api::ApiError;
+pub use config::{
+    ADDRESS_ENV, CONSUL_DEFAULT_LOCK_DELAY, CONSUL_MAX_SESSION_TTL, CONSUL_MIN_SESSION_TTL, ConsulConfig,
+    DEFAULT_ADDRESS, DEFAULT_PREFIX, TOKEN_ENV,
+};
+pub use layout::{NATIVE_LOCK_SUFFIX, native_lock_key, native_lock_prefix, native_prefix};
+pub use lock::{ConsulLock, LOCK_FLAG};
+pub use monitor::MAX_KEY_WATCHES;
+
+/// The backend's name in errors and traces.
+pub const BACKEND: &str = "consul";

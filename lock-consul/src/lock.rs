@@ -1,0 +1,658 @@
+//! The lock recipe: Consul's own `api.Lock`, with fencing and cancel safety.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use lock_core::{
+    Capabilities, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LostReason,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT, TxnKv, TxnOutcome};
+use crate::claims::{Claim, Claims};
+use crate::monitor::{Held, Monitors};
+use crate::session::{Session, Sessions};
+use crate::{BACKEND, ConsulConfig, error, native_lock_key};
+
+/// The `Flags` value `api.Lock` gives its lock keys (`LockFlagValue` in
+/// Consul's Go API); a key with other flags is not a lock and is left alone.
+pub const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
+
+/// A distributed lock on Consul, compatible with Consul's own lock
+/// (`api.Lock`, used by `consul lock`): the lock on key `k` is the KV key
+/// [`native_lock_key`]`(prefix, k)`, acquired with the client's session and
+/// carrying `api.Lock`'s flag value, so a Go service or a `consul lock`
+/// script excludes a Rust service on the same lock and back.
+///
+/// * **Fenced** by the `ModifyIndex` of the acquiring write, a raft index
+///   that increases across the datacenter, also when the key was deleted and
+///   created again between two grants (`LockIndex` would not).
+/// * **One session per client** (Behavior `delete`, so a dead holder's keys
+///   go with its session), renewed in the background however many locks it
+///   holds. When Consul invalidates it (TTL lapsed, node health failed,
+///   destroyed by an operator), every guard of the client reports lost at
+///   once and the next acquisition creates a new session.
+/// * **Waiting** uses blocking queries on the key, never polling, except
+///   during a lock delay (Consul then refuses the key for a while without any
+///   change to wait on), which is retried with a short backoff.
+/// * **Not FIFO**: Consul has no queue; whoever asks first after a release
+///   gets the lock. [`Capabilities::fifo`] says so.
+/// * **Cancel safe**: an acquisition dropped mid-flight finishes in the
+///   background and gives back what it got.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), lock_core::LockError> {
+/// use lock_consul::{ConsulConfig, ConsulLock};
+/// use lock_core::Locks;
+///
+/// let locks = Locks::new(ConsulLock::connect(ConsulConfig::from_env()).await?);
+/// let guard = locks.lock("jobs/nightly").acquire().await?;
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ConsulLock {
+    config: ConsulConfig,
+    api: Api,
+    sessions: Sessions,
+    claims: Claims,
+    monitors: Monitors,
+}
+
+/// What a Consul lease remembers about its grant.
+#[derive(Debug)]
+struct ConsulGrant {
+    kv_key: String,
+    modify_index: u64,
+    session: Arc<Session>,
+    stop_monitor: CancellationToken,
+    /// This client's claim on the key, held until the release is done.
+    claim: std::sync::Mutex<Option<Claim>>,
+}
+
+/// What the lock key's value records about the holder.
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    owner: String,
+    /// Unique per attempt, so each acquiring write changes the key and gets
+    /// a fresh `ModifyIndex`, and a cleanup recognises its own write.
+    attempt: String,
+    since_ms: u64,
+}
+
+impl Holder {
+    fn new(owner: &str) -> Self {
+        let since_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+        Self {
+            owner: owner.to_owned(),
+            attempt: uuid::Uuid::new_v4().simple().to_string(),
+            since_ms: u64::try_from(since_ms).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn parse(value: &[u8]) -> Option<Self> {
+        serde_json::from_slice(value).ok()
+    }
+}
+
+/// A won acquisition: the entry Consul wrote and when the write was sent.
+struct Won {
+    entry: KvEntry,
+    sent: Instant,
+}
+
+/// What one acquisition step found.
+enum Step {
+    /// Ours.
+    Granted(Box<Won>),
+    /// Held by another session; the entry and the index to block on.
+    Held(u64),
+    /// Free but refused for a while after its holder's session ended.
+    LockDelay,
+    /// Free, or held by a stale session of ours: try again with this entry.
+    Retry(Option<KvEntry>),
+    /// Consul no longer knows our session (it ended before we noticed).
+    SessionGone,
+}
+
+impl ConsulLock {
+    /// Connects to the Consul agent and creates the client's session now, so
+    /// an unreachable agent, a refused ACL token or a TTL the server does not
+    /// allow is reported here.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidConfig`] for a malformed configuration, an
+    /// unusable CA file or a session TTL Consul refuses;
+    /// [`LockError::Unavailable`] when the agent does not answer in time;
+    /// [`LockError::Backend`] when Consul refuses (e.g. ACL denied).
+    pub async fn connect(config: ConsulConfig) -> Result<Self, LockError> {
+        config.validate()?;
+        let api = Api::new(&config).map_err(|e| error::map(None, e))?;
+        let monitors = Monitors::new(api.clone(), config.prefix_value().to_owned());
+        let lock = Self { config, api, sessions: Sessions::default(), claims: Claims::default(), monitors };
+        lock.sessions.get(&lock.api, &lock.config, None).await?;
+        Ok(lock)
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ConsulConfig {
+        &self.config
+    }
+
+    /// The id of the client's current session.
+    pub async fn session_id(&self) -> Option<String> {
+        self.sessions.current().await.map(|session| session.id.clone())
+    }
+
+    /// The `rs-consul` client this lock talks through, on the same
+    /// connection pool, for the application's own KV or catalog calls.
+    pub fn consul(&self) -> &rs_consul::Consul {
+        self.api.consul()
+    }
+
+    fn lock_value(&self, key: &LockKey, holder: &Holder) -> Result<Vec<u8>, LockError> {
+        serde_json::to_vec(holder).map_err(|e| LockError::backend(BACKEND, Some(key), e.to_string()))
+    }
+
+    /// One try at the key. `seen` is the last read of it (`None`: assume
+    /// absent, the fast path of one request).
+    async fn step(
+        &self,
+        key: &LockKey,
+        kv_key: &str,
+        session: &Session,
+        owner: &str,
+        seen: Option<&KvEntry>,
+    ) -> Result<Step, LockError> {
+        if let Some(entry) = seen {
+            if entry.flags != LOCK_FLAG {
+                return Err(not_a_lock(key, kv_key, entry.flags));
+            }
+            if entry.holder().is_some_and(|holder| holder != session.id) {
+                return Ok(Step::Held(entry.modify_index));
+            }
+        }
+        let holder = Holder::new(owner);
+        let value = self.lock_value(key, &holder)?;
+        let check = match seen {
+            None => TxnKv::check_not_exists(kv_key),
+            Some(entry) => TxnKv::check_index(kv_key, entry.modify_index),
+        };
+        let operations = vec![check, TxnKv::lock(kv_key, &value, LOCK_FLAG, &session.id)];
+        let sent = Instant::now();
+        let in_flight =
+            InFlight::start(self.api.clone(), kv_key.to_owned(), session.id.clone(), holder.attempt, operations);
+        match in_flight.finish().await {
+            Ok(TxnOutcome::Applied(entries)) => match entries.into_iter().last().flatten() {
+                Some(entry) => Ok(Step::Granted(Box::new(Won { entry, sent }))),
+                None => Err(LockError::backend(BACKEND, Some(key), "the lock transaction returned no entry")),
+            },
+            Ok(TxnOutcome::RolledBack(errors)) => {
+                if errors.iter().any(|e| e.op_index == 1 && e.what.contains("lock delay")) {
+                    return Ok(Step::LockDelay);
+                }
+                if errors.iter().any(|e| e.op_index == 1 && e.what.contains("invalid session")) {
+                    session.ended().fire(LostReason::SessionEnded);
+                    return Ok(Step::SessionGone);
+                }
+                debug!(%key, ?errors, "lock transaction rolled back; reading the key");
+                let (entry, _) =
+                    self.api.read_key(kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
+                match &entry {
+                    Some(found) if found.flags != LOCK_FLAG => Err(not_a_lock(key, kv_key, found.flags)),
+                    Some(found) if found.holder().is_some_and(|holder| holder != session.id) => {
+                        Ok(Step::Held(found.modify_index))
+                    }
+                    _ => Ok(Step::Retry(entry)),
+                }
+            }
+            Err(e) => Err(error::map(Some(key), e)),
+        }
+    }
+
+    /// Waits for the key held at `index` to change, or for the session to
+    /// end or the deadline to pass; returns the new entry.
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        kv_key: &str,
+        session: &Session,
+        mut index: u64,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<Option<KvEntry>, LockError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let wait = deadline
+                .map_or(MAX_BLOCKING_WAIT, |d| d.saturating_duration_since(Instant::now()).min(MAX_BLOCKING_WAIT));
+            let read = tokio::select! {
+                read = self.api.read_key(kv_key, index.max(1), wait.max(Duration::from_millis(1))) => read,
+                _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+                () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
+            };
+            match read {
+                Ok((entry, next)) => {
+                    let held_by_other =
+                        entry.as_ref().and_then(KvEntry::holder).is_some_and(|holder| holder != session.id);
+                    if !held_by_other {
+                        return Ok(entry);
+                    }
+                    index = next;
+                }
+                // Consul unreachable or leaderless: keep waiting (the session
+                // may well live on) until it is known ended or the deadline.
+                Err(e) if e.is_transient() => {
+                    debug!(%key, error = %e, "waiting: Consul did not answer; retrying");
+                    tokio::select! {
+                        () = sleep(pause) => {}
+                        _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+                        () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    index = 1;
+                }
+                Err(e) => return Err(error::map(Some(key), e)),
+            }
+        }
+    }
+
+    /// Turns a granted entry into a lease and starts watching it.
+    fn grant(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        session: Arc<Session>,
+        claim: Claim,
+        kv_key: String,
+        won: &Won,
+    ) -> Lease {
+        let Won { entry, sent } = won;
+        let loss = lock_core::LossSignal::new();
+        let stop = CancellationToken::new();
+        self.monitors.watch(Held {
+            kv_key: kv_key.clone(),
+            modify_index: entry.modify_index,
+            session: Arc::clone(&session),
+            loss: loss.clone(),
+            stop: stop.clone(),
+        });
+        debug!(%key, kv_key, modify_index = entry.modify_index, "granted");
+        let ttl = session.ttl();
+        let grant = ConsulGrant {
+            kv_key,
+            modify_index: entry.modify_index,
+            session,
+            stop_monitor: stop,
+            claim: std::sync::Mutex::new(Some(claim)),
+        };
+        Lease::new(
+            key.clone(),
+            FencingToken::new(entry.modify_index),
+            options.owner_value().to_owned(),
+            ttl,
+            *sent,
+            loss,
+            Arc::new(grant),
+        )
+    }
+
+    fn check_options(&self, options: &LockOptions) -> Result<(), LockError> {
+        options.validate(BACKEND, &self.capabilities())
+    }
+
+    /// A backoff pause (during a lock delay or an outage), cut short by the
+    /// session's end or the deadline.
+    async fn pause_or_give_up(
+        key: &LockKey,
+        session: &Session,
+        pause: &mut Duration,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<(), LockError> {
+        tokio::select! {
+            () = sleep(*pause) => {}
+            _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+            () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
+        }
+        *pause = (*pause * 2).min(Duration::from_secs(1));
+        Ok(())
+    }
+}
+
+fn not_a_lock(key: &LockKey, kv_key: &str, flags: u64) -> LockError {
+    LockError::backend(
+        BACKEND,
+        Some(key),
+        format!("the Consul key {kv_key:?} exists but is not a lock (flags {flags:#x}, a lock has {LOCK_FLAG:#x})"),
+    )
+}
+
+fn grant_of(lease: &Lease) -> Result<&ConsulGrant, LockError> {
+    lease.backend_data_for::<ConsulGrant>(BACKEND)
+}
+
+impl Drop for ConsulLock {
+    fn drop(&mut self) {
+        // Frees at once whatever the session still holds, instead of after
+        // its TTL; best effort, only inside a runtime.
+        if let (Some(session), Ok(runtime)) = (self.sessions.current_now(), tokio::runtime::Handle::try_current())
+            && !session.ended().is_fired()
+        {
+            let api = self.api.clone();
+            runtime.spawn(async move {
+                if let Err(error) = api.destroy_session(&session.id).await {
+                    debug!(%error, "destroying the session of a dropped client failed; it expires by TTL");
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl DistributedLock for ConsulLock {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // The lock TTL is the session TTL. Consul may keep an unrenewed
+        // session up to twice its TTL, then refuses the key for the lock delay.
+        let ttl = self.config.session_ttl_value();
+        Capabilities::new(ttl, ttl)
+            .with_default_ttl(ttl)
+            .with_fifo(false)
+            .with_expiry_slack(ttl + self.config.effective_lock_delay() + Duration::from_secs(2))
+    }
+
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Lease, LockError> {
+        let started = Instant::now();
+        self.check_options(options)?;
+        let kv_key = native_lock_key(self.config.prefix_value(), key);
+        let claim =
+            self.claims.claim(&kv_key, deadline).await.ok_or_else(|| LockError::timeout(BACKEND, key, started))?;
+        let mut session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+        let mut seen: Option<KvEntry> = None;
+        let mut delay_pause = Duration::from_millis(100);
+        let mut answered = false;
+        let mut waited = false;
+        loop {
+            // A session that ended while we waited makes the waiter lost
+            // (the contract); the client gets a new session next time.
+            if session.ended().is_fired() {
+                return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
+            }
+            let step = match self.step(key, &kv_key, &session, options.owner_value(), seen.as_ref()).await {
+                Ok(step) => step,
+                Err(LockError::Unavailable { .. }) if answered => {
+                    // Waiting through an outage, as in wait_for_change.
+                    Self::pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
+                    seen = None;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            answered = true;
+            match step {
+                Step::Granted(won) => return Ok(self.grant(key, options, session, claim, kv_key, &won)),
+                Step::Held(index) => {
+                    waited = true;
+                    seen = self.wait_for_change(key, &kv_key, &session, index, deadline, started).await?;
+                }
+                Step::LockDelay => {
+                    Self::pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
+                    seen = None;
+                }
+                Step::Retry(entry) => seen = entry,
+                // Ended before this acquisition began: start over on a new
+                // session. Ended while we waited: handled at the loop's top.
+                Step::SessionGone if seen.is_none() && !waited => {
+                    debug!(%key, "the session had ended; creating a new one");
+                    session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+                }
+                Step::SessionGone => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(LockError::timeout(BACKEND, key, started));
+            }
+        }
+    }
+
+    async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
+        self.check_options(options)?;
+        let kv_key = native_lock_key(self.config.prefix_value(), key);
+        let Some(claim) = self.claims.try_claim(&kv_key) else { return Ok(None) };
+        let mut session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+        let mut seen: Option<KvEntry> = None;
+        // The fast path, then at most one retry against a key that exists
+        // unlocked (an api.Lock leftover, or a stale key of our session), or
+        // on a new session if ours had ended.
+        for _ in 0..3 {
+            match self.step(key, &kv_key, &session, options.owner_value(), seen.as_ref()).await? {
+                Step::Granted(won) => {
+                    return Ok(Some(self.grant(key, options, session, claim, kv_key, &won)));
+                }
+                Step::Held(_) | Step::LockDelay => return Ok(None),
+                Step::Retry(entry) => seen = entry,
+                Step::SessionGone => session = self.sessions.get(&self.api, &self.config, Some(key)).await?,
+            }
+        }
+        Ok(None)
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
+        let grant = grant_of(lease)?;
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        // The session carries every lock of the client; the key watch
+        // reports a lock taken away by itself.
+        let confirmed = grant.session.renew(&self.api, lease.key()).await;
+        if let Err(LockError::Lost { reason, .. }) = &confirmed {
+            lease.loss_signal().fire(reason.clone());
+        }
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        confirmed
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        let grant = grant_of(lease)?;
+        if lease.is_released() {
+            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
+        }
+        grant.stop_monitor.cancel();
+        let key = lease.key();
+        let outcome = release_key(&self.api, key, &grant.kv_key, grant.modify_index, &grant.session.id).await;
+        let claim = grant.claim.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match outcome {
+            Ok(Released::Clean) if !lease.loss_signal().is_fired() => {
+                lease.mark_released();
+                drop(claim);
+                Ok(())
+            }
+            Ok(_) => {
+                // Gone, taken, or changed from outside: the lock was lost.
+                let reason = lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+                lease.loss_signal().fire(reason.clone());
+                drop(claim);
+                Err(LockError::lost(BACKEND, key, reason))
+            }
+            Err(error) => {
+                // Unanswered: while the session lives, the key would hold
+                // the lock for good; keep deleting in the background.
+                let (api, key, kv_key, index, session) = (
+                    self.api.clone(),
+                    key.clone(),
+                    grant.kv_key.clone(),
+                    grant.modify_index,
+                    Arc::clone(&grant.session),
+                );
+                tokio::spawn(async move {
+                    release_until_done(&api, &key, &kv_key, index, &session).await;
+                    drop(claim);
+                });
+                Err(error)
+            }
+        }
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
+        let kv_key = native_lock_key(self.config.prefix_value(), key);
+        let (entry, _) = self.api.read_key(&kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
+        let Some(entry) = entry else { return Ok(None) };
+        let Some(session) = entry.holder() else { return Ok(None) };
+        let value = entry.value_bytes();
+        let info = match Holder::parse(&value) {
+            Some(holder) => LockInfo::new(holder.owner, FencingToken::new(entry.modify_index))
+                .with_held_since(UNIX_EPOCH + Duration::from_millis(holder.since_ms)),
+            None => {
+                // Held by another client of this lock (consul lock, api.Lock).
+                let owner = String::from_utf8(value).ok().filter(|v| !v.is_empty() && v.len() <= 256);
+                LockInfo::new(
+                    owner.unwrap_or_else(|| format!("consul session {session}")),
+                    FencingToken::new(entry.modify_index),
+                )
+            }
+        };
+        Ok(Some(info))
+    }
+}
+
+/// How a release ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Released {
+    /// Our untouched key was deleted.
+    Clean,
+    /// The key was no longer ours (gone, or another session's).
+    NotOurs,
+    /// Still ours but written from outside; deleted anyway.
+    Tampered,
+}
+
+/// Deletes our key: at once if it is unchanged since our grant; if it was
+/// written from outside but still names our session, deletes it too (this
+/// client holds the only claim on it, so nothing else of ours uses it).
+async fn release_key(
+    api: &Api,
+    key: &LockKey,
+    kv_key: &str,
+    modify_index: u64,
+    session: &str,
+) -> Result<Released, LockError> {
+    if api.delete_if_unchanged(kv_key, modify_index).await.map_err(|e| error::map(Some(key), e))? {
+        return Ok(Released::Clean);
+    }
+    for _ in 0..3 {
+        let (entry, _) = api.read_key(kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
+        let Some(entry) = entry.filter(|e| e.holder() == Some(session)) else { return Ok(Released::NotOurs) };
+        if api.delete_if_unchanged(kv_key, entry.modify_index).await.map_err(|e| error::map(Some(key), e))? {
+            warn!(%key, kv_key, "our lock key was written from outside while held; deleted it");
+            return Ok(Released::Tampered);
+        }
+    }
+    Ok(Released::NotOurs)
+}
+
+/// Retries [`release_key`] with backoff until it is answered or the session
+/// has ended (which deletes the key too), for about a minute at most.
+async fn release_until_done(api: &Api, key: &LockKey, kv_key: &str, modify_index: u64, session: &Session) {
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..35 {
+        tokio::select! {
+            () = sleep(pause) => {}
+            _ = session.ended().fired() => return,
+        }
+        match release_key(api, key, kv_key, modify_index, &session.id).await {
+            Ok(_) => return,
+            Err(error) => debug!(kv_key, %error, "releasing our key failed; retrying"),
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A lock transaction running in its own task. If the caller stops waiting
+/// for it (dropped, or the answer was lost), whatever it acquired is given
+/// back in the background: a granted key is deleted, and after an unanswered
+/// request the key is deleted if it holds this attempt's write.
+struct InFlight {
+    task: Option<tokio::task::JoinHandle<Result<TxnOutcome, crate::api::ApiError>>>,
+    api: Api,
+    kv_key: String,
+    session: String,
+    attempt: String,
+}
+
+impl InFlight {
+    fn start(api: Api, kv_key: String, session: String, attempt: String, operations: Vec<TxnKv>) -> Self {
+        let runner = api.clone();
+        let task = tokio::spawn(async move { runner.txn(operations).await });
+        Self { task: Some(task), api, kv_key, session, attempt }
+    }
+
+    async fn finish(mut self) -> Result<TxnOutcome, crate::api::ApiError> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(crate::api::ApiError::Decode { what: "transaction", message: "already finished".to_owned() });
+        };
+        let joined = task.await;
+        self.task = None;
+        let outcome = joined.unwrap_or_else(|e| {
+            Err(crate::api::ApiError::Transport { what: "transaction", source: e.to_string().into() })
+        });
+        if outcome.as_ref().is_err_and(crate::api::ApiError::is_transient) {
+            // The request may still be applied: check for our write.
+            tokio::spawn(forget_attempt(
+                self.api.clone(),
+                self.kv_key.clone(),
+                self.session.clone(),
+                self.attempt.clone(),
+            ));
+        }
+        outcome
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let (api, kv_key, session, attempt) =
+            (self.api.clone(), self.kv_key.clone(), self.session.clone(), self.attempt.clone());
+        tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(TxnOutcome::RolledBack(_))) => {}
+                Ok(Ok(TxnOutcome::Applied(entries))) => {
+                    if let Some(entry) = entries.into_iter().last().flatten() {
+                        debug!(kv_key, "an abandoned acquisition got the lock; deleting it");
+                        if api.delete_if_unchanged(&kv_key, entry.modify_index).await.is_err() {
+                            forget_attempt(api, kv_key, session, attempt).await;
+                        }
+                    }
+                }
+                _ => forget_attempt(api, kv_key, session, attempt).await,
+            }
+        });
+    }
+}
+
+/// Deletes the key if it holds the write of `attempt` by `session`, checking
+/// again a few times since an unanswered request may be applied late.
+async fn forget_attempt(api: Api, kv_key: String, session: String, attempt: String) {
+    for pause in [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(15)] {
+        sleep(pause).await;
+        let Ok((Some(entry), _)) = api.read_key(&kv_key, 0, Duration::ZERO).await else { continue };
+        let ours = entry.holder() == Some(session.as_str())
+            && Holder::parse(&entry.value_bytes()).is_some_and(|h| h.attempt == attempt);
+        if ours {
+            debug!(kv_key, "an unanswered acquisition was applied; deleting its key");
+            if api.delete_if_unchanged(&kv_key, entry.modify_index).await.unwrap_or(false) {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Reporting a held lock lost as soon as its key changes hands.
+//!
+//! A held key stays ours while it exists, names our session and keeps the
+//! `ModifyIndex` of our acquiring write (nothing of ours writes it again).
+//! The first [`MAX_KEY_WATCHES`] locks of a client each watch their own key
+//! with a blocking query, as `api.Lock` does; beyond that, one blocking query
+//! on the client's prefix covers them all, so a client holding thousands of
+//! locks keeps a bounded number of connections (Consul limits them per
+//! client, 200 by default) and sends nothing while nothing changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{LossSignal, LostReason};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT};
+use crate::session::Session;
+
+/// How many locks of one client watch their own key.
+pub const MAX_KEY_WATCHES: usize = 64;
+
+/// The shortest pause between two reads of the shared prefix watch, so a
+/// busy prefix costs at most a few reads per second.
+const PREFIX_READ_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One held key to watch.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) kv_key: String,
+    pub(crate) modify_index: u64,
+    pub(crate) session: Arc<Session>,
+    pub(crate) loss: LossSignal,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Held {
+    fn still_ours(&self, entry: Option<&KvEntry>) -> bool {
+        entry.is_some_and(|e| e.holder() == Some(self.session.id.as_str()) && e.modify_index == self.modify_index)
+    }
+
+    fn report_lost(&self) {
+        let reason = if self.session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
+        debug!(key = self.kv_key, ?reason, "held key changed hands");
+        self.loss.fire(reason);
+    }
+}
+
+/// What one shared prefix read saw: its raft index, and each key's holder
+/// and `ModifyIndex`.
+type Snapshot = Arc<(u64, HashMap<String, (Option<String>, u64)>)>;
+
+/// The watches of one client.
+#[derive(Debug)]
+pub(crate) struct Monitors {
+    api: Api,
+    prefix: String,
+    key_watches: Arc<Semaphore>,
+    prefix_watch: std::sync::Mutex<Option<watch::Receiver<Option<Snapshot>>>>,
+}
+
+impl Monitors {
+    pub(crate) fn new(api: Api, prefix: String) -> Self {
+        Self {
+            api,
+            prefix,
+            key_watches: Arc::new(Semaphore::new(MAX_KEY_WATCHES)),
+            prefix_watch: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Starts watching `held` until its `stop` token is cancelled or it is lost.
+    pub(crate) fn watch(&self, held: Held) {
+        match Arc::clone(&self.key_watches).try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(watch_key(self.api.clone(), held, permit));
+            }
+            Err(_) => {
+                let snapshots = self.prefix_snapshots();
+                tokio::spawn(watch_in_prefix(held, snapshots));
+            }
+        }
+    }
+
+    /// A receiver of the shared prefix reads, starting the reader if none runs.
+    fn prefix_snapshots(&self) -> watch::Receiver<Option<Snapshot>> {
+        let mut shared = self.prefix_watch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(receiver) = shared.as_ref().filter(|r| r.has_changed().is_ok()) {
+            return receiver.clone();
+        }
+        let (sender, receiver) = watch::channel(None);
+        tokio::spawn(read_prefix(self.api.clone(), self.prefix.clone(), sender));
+        *shared = Some(receiver.clone());
+        receiver
+    }
+}
+
+async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePermit) {
+    let mut index = held.modify_index;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let read = tokio::select! {
+            () = held.stop.cancelled() => return,
+            _ = held.loss.fired() => return,
+            _ = held.session.ended().fired() => return held.loss.fire(LostReason::SessionEnded),
+            read = api.read_key(&held.kv_key, index, MAX_BLOCKING_WAIT) => read,
+        };
+        match read {
+            Ok((entry, next)) if held.still_ours(entry.as_ref()) => {
+                index = next;
+                pause = Duration::from_millis(100);
+            }
+            Ok(_) => return held.report_lost(),
+            Err(error) => {
+                // Consul unreachable: the session watch or the guard's own
+                // clock decides; keep watching once it answers again.
+                debug!(key = held.kv_key, %error, "watching a held key failed; retrying");
+                tokio::select! {
+                    () = held.stop.cancelled() => return,
+                    () = sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snapshot>>) {
+    loop {
+        let current = snapshots.borrow_and_update().clone();
+        // A read from before our grant does not show our key yet.
+        if let Some((_, entries)) = current.as_deref().filter(|(index, _)| *index >= held.modify_index) {
+            let ours = entries.get(&held.kv_key).is_some_and(|(holder, modify_index)| {
+                holder.as_deref() == Some(held.session.id.as_str()) && *modify_index == held.modify_index
+            });
+            if !ours {
+                return held.report_lost();
+            }
+        }
+        tokio::select! {
+            () = held.stop.cancelled() => return,
+            _ = held.loss.fired() => return,
+            _ = held.session.ended().fired() => return held.loss.fire(LostReason::SessionEnded),
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Reads the prefix with blocking queries while any lock watches it, and
+/// publishes each read.
+async fn read_prefix(api: Api, prefix: String, sender: watch::Sender<Option<Snapshot>>) {
+    let mut index = 1;
+    let mut pause = Duration::from_millis(100);
+    while sender.receiver_count() > 1 {
+        let read = tokio::select! {
+            read = api.read_prefix(&prefix, index, MAX_BLOCKING_WAIT) => read,
+            // Stop promptly once the last watcher is gone.
+            () = until_alone(&sender) => return,
+        };
+        match read {
+            Ok((entries, next)) => {
+                index = next;
+                pause = Duration::from_millis(100);
+                let snapshot: HashMap<String, (Option<String>, u64)> = entries
+                    .into_iter()
+                    .map(|e| (e.key, (e.entry.holder().map(str::to_owned), e.entry.modify_index)))
+                    .collect();
+                sender.send_replace(Some(Arc::new((next, snapshot))));
+                sleep(PREFIX_READ_INTERVAL).await;
+            }
+            Err(error) => {
+                debug!(prefix, %error, "reading the watched prefix failed; retrying");
+                sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Completes once only the monitor's own receiver is left.
+async fn until_alone(sender: &watch::Sender<Option<Snapshot>>) {
+    while sender.receiver_count() > 1 {
+        sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,203 @@
+//! The client's Consul session, shared by all its locks: renewed in the
+//! background, watched with a blocking query so that its end (TTL lapsed,
+//! node health failed, destroyed by an operator) is known at once, and
+//! replaced by a new one for later acquisitions.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use lock_core::{LockError, LockKey, LossSignal, LostReason};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::api::{Api, ApiError, MAX_BLOCKING_WAIT};
+use crate::{BACKEND, ConsulConfig, error};
+
+/// One Consul session and the tasks that keep and watch it.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: String,
+    ttl: Duration,
+    ended: LossSignal,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// When the last renewal Consul answered was sent.
+    confirmed: std::sync::Mutex<Option<Instant>>,
+    /// One renewal request at a time: the others wait and reuse its answer.
+    renewing: Mutex<()>,
+}
+
+impl Session {
+    async fn start(api: &Api, config: &ConsulConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
+        let name = format!("distlock {}", lock_core::default_owner());
+        let sent = Instant::now();
+        let id = match api.create_session(&name, config.session_ttl_value(), config.lock_delay_value()).await {
+            Ok(id) => id,
+            Err(ApiError::Status { status, body, .. }) if status == http::StatusCode::BAD_REQUEST => {
+                return Err(LockError::InvalidConfig {
+                    backend: BACKEND,
+                    message: format!("Consul refused the session (TTL {:?}): {body}", config.session_ttl_value()),
+                });
+            }
+            Err(e) => return Err(error::map(key, e)),
+        };
+        let session = Arc::new(Self {
+            id,
+            ttl: config.session_ttl_value(),
+            ended: LossSignal::new(),
+            tasks: std::sync::Mutex::default(),
+            confirmed: std::sync::Mutex::new(Some(sent)),
+            renewing: Mutex::new(()),
+        });
+        let span = info_span!("consul_session", session = %session.id);
+        let renewer = tokio::spawn(keep_alive(Arc::downgrade(&session), api.clone()).instrument(span.clone()));
+        let watcher = tokio::spawn(watch(Arc::downgrade(&session), api.clone()).instrument(span));
+        session.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([renewer, watcher]);
+        debug!(session = %session.id, ttl = ?session.ttl, "session created");
+        Ok(session)
+    }
+
+    /// Fires when Consul has invalidated the session.
+    pub(crate) fn ended(&self) -> &LossSignal {
+        &self.ended
+    }
+
+    /// The session TTL: the TTL of every lock.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A send time of an answered renewal recent enough (within a quarter of
+    /// the TTL) to prove the session alive for another renewal.
+    fn recent_confirmation(&self) -> Option<Instant> {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.filter(|at| at.elapsed() < self.ttl / 4)
+    }
+
+    fn confirm(&self, sent: Instant) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if confirmed.is_none_or(|at| at < sent) {
+            *confirmed = Some(sent);
+        }
+    }
+
+    /// Renews the session, at most one request at a time and about once a
+    /// quarter TTL however many locks ask: returns when the proof was sent.
+    pub(crate) async fn renew(&self, api: &Api, key: &LockKey) -> Result<Instant, LockError> {
+        if self.ended.is_fired() {
+            return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
+        }
+        if let Some(confirmed) = self.recent_confirmation() {
+            return Ok(confirmed);
+        }
+        let _single_flight = self.renewing.lock().await;
+        if let Some(confirmed) = self.recent_confirmation() {
+            return Ok(confirmed);
+        }
+        let sent = Instant::now();
+        match api.renew_session(&self.id).await {
+            Ok(true) => {
+                self.confirm(sent);
+                Ok(sent)
+            }
+            Ok(false) => {
+                warn!(session = %self.id, "Consul no longer knows the session");
+                self.ended.fire(LostReason::SessionEnded);
+                Err(LockError::lost(BACKEND, key, LostReason::SessionEnded))
+            }
+            Err(e) => Err(error::map(Some(key), e)),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Renews the session every third of its TTL (sooner after a failure) until
+/// it ends or nothing uses it any more.
+async fn keep_alive(session: Weak<Session>, api: Api) {
+    let renew_key = LockKey::new("session").ok();
+    let mut pause = Duration::ZERO;
+    loop {
+        let Some(ttl) = session.upgrade().map(|s| s.ttl) else { return };
+        sleep(if pause.is_zero() { ttl / 3 } else { pause }).await;
+        let Some(live) = session.upgrade() else { return };
+        let Some(key) = renew_key.as_ref() else { return };
+        match live.renew(&api, key).await {
+            Ok(_) => pause = Duration::ZERO,
+            Err(LockError::Lost { .. }) => return,
+            Err(e) => {
+                debug!(error = %e, "session renewal failed; retrying");
+                pause = (ttl / 10).max(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Watches the session with blocking queries and fires `ended` as soon as
+/// Consul no longer has it.
+async fn watch(session: Weak<Session>, api: Api) {
+    let mut index = 1;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let Some(id) = session.upgrade().map(|s| s.id.clone()) else { return };
+        match api.session_exists(&id, index, MAX_BLOCKING_WAIT).await {
+            Ok((true, next)) => {
+                index = next;
+                pause = Duration::from_millis(100);
+            }
+            Ok((false, _)) => {
+                warn!(session = %id, "session invalidated by Consul");
+                if let Some(live) = session.upgrade() {
+                    live.ended.fire(LostReason::SessionEnded);
+                }
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "watching the session failed; retrying");
+                sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The client's current session.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    current: Mutex<Option<Arc<Session>>>,
+}
+
+impl Sessions {
+    /// The live session, creating a new one when there is none.
+    pub(crate) async fn get(
+        &self,
+        api: &Api,
+        config: &ConsulConfig,
+        key: Option<&LockKey>,
+    ) -> Result<Arc<Session>, LockError> {
+        let mut current = self.current.lock().await;
+        if let Some(session) = current.as_ref().filter(|s| !s.ended.is_fired()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::start(api, config, key).await?;
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// The session, if one is open.
+    pub(crate) async fn current(&self) -> Option<Arc<Session>> {
+        self.current.lock().await.clone()
+    }
+
+    /// The session without waiting, if one is open and not being replaced.
+    pub(crate) fn current_now(&self) -> Option<Arc<Session>> {
+        self.current.try_lock().ok().and_then(|c| c.clone())
+    }
+}
