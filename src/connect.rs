@@ -16,6 +16,7 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// | `file:///some/dir` | [`lock_file::FileLock`] in that directory |
 /// | `etcd://host:2379[,host:2379...][/namespace/]?ttl=15s` | etcd (feature `etcd`); `etcds://` for TLS |
 /// | `zk://host:2181[,host:2181...][/chroot]?session_timeout=10s` | ZooKeeper (feature `zk`) |
+/// | `consul://host:8500[/prefix/]?ttl=15s` | Consul (feature `consul`); `consuls://` for HTTPS |
 ///
 /// etcd parameters: `ttl` (lease TTL, whole seconds), `connect_timeout`,
 /// `request_timeout` (durations like `15s`, `500ms`), `user` and `password`,
@@ -26,6 +27,12 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// lock directories live under, default `/distlock`), `connect_timeout`,
 /// `request_timeout`, and `user` + `password` for digest authentication (lock
 /// nodes then get an ACL only that identity may delete). The path is the chroot.
+///
+/// Consul parameters: `ttl` (the session TTL, which is the locks' TTL; a
+/// stock Consul refuses less than 10 s), `lock_delay`, `token` (ACL token),
+/// `dc` (datacenter), `connect_timeout`, `request_timeout`, and for
+/// `consuls://` `ca` (a PEM file of trusted CAs). The path is the KV prefix
+/// (default `distlock/`).
 ///
 /// # Errors
 /// [`LockError::InvalidConfig`] for a malformed URL, an unknown scheme or
@@ -59,8 +66,8 @@ pub async fn connect(url: &str) -> Result<Locks, LockError> {
         }
         "etcd" | "etcds" => etcd(&parsed).await,
         "zk" => zk(&parsed).await,
-        "consul" => Err(invalid("connect", "no consul backend in this version of distlock yet".to_owned())),
-        other => Err(invalid("connect", format!("unknown scheme {other:?} (expected mem, file, etcd or zk)"))),
+        "consul" | "consuls" => consul(&parsed).await,
+        other => Err(invalid("connect", format!("unknown scheme {other:?} (expected mem, file, etcd, zk or consul)"))),
     }
 }
 
@@ -156,7 +163,44 @@ async fn zk(_: &BackendUrl) -> Result<Locks, LockError> {
     Err(invalid("zk", "the ZooKeeper backend is not built in: enable the `zk` feature of distlock".to_owned()))
 }
 
-#[cfg_attr(not(any(feature = "etcd", feature = "zk")), allow(dead_code))]
+#[cfg(feature = "consul")]
+async fn consul(url: &BackendUrl) -> Result<Locks, LockError> {
+    let tls = url.scheme == "consuls";
+    if url.authority.is_empty() || url.authority.contains(',') {
+        return Err(invalid("consul", "expected one agent: consul://host:port[/prefix/]".to_owned()));
+    }
+    let mut config =
+        lock_consul::ConsulConfig::new(format!("{}://{}", if tls { "https" } else { "http" }, url.authority));
+    if !url.path.is_empty() && url.path != "/" {
+        config = config.prefix(url.path.trim_start_matches('/'));
+    }
+    if let Ok(token) = std::env::var(lock_consul::TOKEN_ENV)
+        && !token.is_empty()
+    {
+        config = config.token(token);
+    }
+    for (name, value) in &url.params {
+        match name.as_str() {
+            "ttl" => config = config.session_ttl(duration("consul", name, value)?),
+            "lock_delay" => config = config.lock_delay(duration("consul", name, value)?),
+            "connect_timeout" => config = config.connect_timeout(duration("consul", name, value)?),
+            "request_timeout" => config = config.request_timeout(duration("consul", name, value)?),
+            "token" => config = config.token(value.clone()),
+            "dc" => config = config.datacenter(value.clone()),
+            "ca" if tls => config = config.ca_file(value),
+            "ca" => return Err(invalid("consul", "parameter \"ca\" needs consuls:// (HTTPS)".to_owned())),
+            other => return Err(invalid("consul", format!("unknown parameter {other:?}"))),
+        }
+    }
+    Ok(Locks::new(lock_consul::ConsulLock::connect(config).await?))
+}
+
+#[cfg(not(feature = "consul"))]
+async fn consul(_: &BackendUrl) -> Result<Locks, LockError> {
+    Err(invalid("consul", "the Consul backend is not built in: enable the `consul` feature of distlock".to_owned()))
+}
+
+#[cfg_attr(not(any(feature = "etcd", feature = "zk", feature = "consul")), allow(dead_code))]
 fn duration(backend: &'static str, name: &str, value: &str) -> Result<Duration, LockError> {
     humantime::parse_duration(value).map_err(|e| invalid(backend, format!("parameter {name}={value:?}: {e}")))
 }
@@ -232,6 +276,18 @@ mod tests {
             cases.extend([("zk://h:1?bogus=1", "unknown parameter"), ("zk://?ttl=1s", "no host")]);
         } else {
             cases.push(("zk://h:1", "enable the `zk` feature"));
+        }
+        if cfg!(feature = "consul") {
+            cases.extend([
+                ("consul://h:1?bogus=1", "unknown parameter"),
+                ("consul://h:1?ttl=soon", "ttl"),
+                ("consul://h:1?ca=x.pem", "consuls://"),
+                ("consul://a:1,b:1", "one agent"),
+                ("consul://h:1/no-trailing-slash", "prefix"),
+                ("consul://h:1?ttl=100ms", "session TTL"),
+            ]);
+        } else {
+            cases.push(("consul://h:1", "enable the `consul` feature"));
         }
         if cfg!(feature = "etcd") {
             cases.extend([

@@ -2,7 +2,7 @@
 //!
 //! This facade re-exports the contract from `lock-core`, the always-built
 //! backends (in-memory, and [`mod@file`] for one machine with no server), each
-//! server backend enabled by its Cargo feature (`etcd`: [`etcd`]), and
+//! server backend enabled by its Cargo feature (`etcd`, `zk`, `consul`), and
 //! [`connect`], which picks a backend at run time from a URL.
 //!
 //! ```
@@ -33,6 +33,10 @@ pub use lock_etcd as etcd;
 /// The ZooKeeper backend (feature `zk`).
 #[cfg(feature = "zk")]
 pub use lock_zk as zk;
+
+/// The Consul backend (feature `consul`).
+#[cfg(feature = "consul")]
+pub use lock_consul as consul;
 
 /// Compiles and runs the examples in README.md as doc tests.
 #[cfg(doctest)]

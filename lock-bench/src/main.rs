@@ -23,7 +23,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks distlock backends against their server's raw round trip")]
 pub struct Options {
-    /// Backends to run (mem, file, etcd, zk); default: all built in.
+    /// Backends to run (mem, file, etcd, zk, consul); default: all built in.
     #[arg(long = "backend")]
     backends: Vec<String>,
     /// Samples for the latency scenarios.
@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
         options.hold = Duration::from_secs(1);
     }
     if options.backends.is_empty() {
-        options.backends = vec!["mem".into(), "file".into(), "etcd".into(), "zk".into()];
+        options.backends = vec!["mem".into(), "file".into(), "etcd".into(), "zk".into(), "consul".into()];
     }
     let mut rows = Vec::new();
     let mut failed = false;

@@ -32,6 +32,15 @@ pub enum Target {
         /// Session timeout of the benchmark's clients.
         ttl: Duration,
     },
+    /// Consul at this agent (its raw round trip is a KV put through
+    /// `rs-consul`, on the backend's own pooled connection).
+    #[cfg(feature = "consul")]
+    Consul {
+        /// `http://host:port`.
+        address: String,
+        /// Session TTL of the benchmark's clients.
+        ttl: Duration,
+    },
 }
 
 impl Target {
@@ -45,6 +54,10 @@ impl Target {
             "etcd" => Ok(Self::Etcd { endpoints: lock_etcd::EtcdConfig::from_env().endpoints().to_vec(), ttl }),
             #[cfg(feature = "zk")]
             "zk" => Ok(Self::Zk { hosts: lock_zk::ZkConfig::from_env().hosts_value().to_owned(), ttl }),
+            #[cfg(feature = "consul")]
+            "consul" => {
+                Ok(Self::Consul { address: lock_consul::ConsulConfig::from_env().address_value().to_owned(), ttl })
+            }
             other => Err(format!("unknown or disabled backend {other:?}")),
         }
     }
@@ -58,6 +71,8 @@ impl Target {
             Self::Etcd { .. } => "etcd",
             #[cfg(feature = "zk")]
             Self::Zk { .. } => "zk",
+            #[cfg(feature = "consul")]
+            Self::Consul { .. } => "consul",
         }
     }
 
@@ -77,7 +92,18 @@ impl Target {
                 let config = lock_zk::ZkConfig::new(hosts.clone()).base_path("/distlock-bench").session_timeout(*ttl);
                 Ok(Locks::new(lock_zk::ZkLock::connect(config).await?))
             }
+            #[cfg(feature = "consul")]
+            Self::Consul { .. } => Ok(Locks::new(self.consul_client().await?)),
         }
+    }
+
+    #[cfg(feature = "consul")]
+    async fn consul_client(&self) -> Result<lock_consul::ConsulLock, LockError> {
+        let Self::Consul { address, ttl } = self else {
+            return Err(LockError::InvalidConfig { backend: "bench", message: "not a Consul target".to_owned() });
+        };
+        let config = lock_consul::ConsulConfig::new(address.clone()).prefix("distlock-bench/").session_ttl(*ttl);
+        lock_consul::ConsulLock::connect(config).await
     }
 
     /// Measures `count` raw round trips: etcd put, memory inspect.
@@ -121,12 +147,24 @@ impl Target {
                     samples.push(started.elapsed());
                 }
             }
+            #[cfg(feature = "consul")]
+            Self::Consul { .. } => {
+                let lock = self.consul_client().await.map_err(|e| e.to_string())?;
+                for _ in 0..count {
+                    let request =
+                        rs_consul::CreateOrUpdateKeyRequest { key: "distlock-bench/raw", ..Default::default() };
+                    let started = Instant::now();
+                    lock.consul().create_or_update_key(request, b"x".to_vec()).await.map_err(|e| e.to_string())?;
+                    samples.push(started.elapsed());
+                }
+            }
         }
         Ok(samples)
     }
 
-    /// How many gRPC messages the service has received in all, where it
-    /// exposes that (etcd's `/metrics`).
+    /// How many requests the service has received in all, where it exposes
+    /// that (etcd's `/metrics`, ZooKeeper's `mntr`); for Consul, the HTTP
+    /// requests this process's Consul clients sent.
     pub async fn server_requests(&self) -> Option<f64> {
         match self {
             Self::Memory(_) | Self::File(_) => None,
@@ -155,6 +193,9 @@ impl Target {
                 stream.read_to_string(&mut body).await.ok()?;
                 body.lines().find_map(|line| line.strip_prefix("zk_packets_received")?.trim().parse().ok())
             }
+            #[cfg(feature = "consul")]
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            Self::Consul { .. } => Some(lock_consul::requests_sent() as f64),
         }
     }
 }

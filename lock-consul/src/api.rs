@@ -237,6 +237,16 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// HTTP requests sent by every client of this crate in this process.
+static REQUESTS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many HTTP requests the Consul clients of this process have sent in
+/// all (blocking queries count once each), for diagnostics and benchmarks:
+/// e.g. to check that keep-alive traffic does not grow with the locks held.
+pub fn requests_sent() -> u64 {
+    REQUESTS_SENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The longest wait asked of one blocking query; a waiter simply asks again.
 pub(crate) const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(60);
 
@@ -294,6 +304,7 @@ impl Api {
         } else {
             self.short_requests.acquire().await.ok()
         };
+        REQUESTS_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let exchange = async {
             let response =
                 self.http.request(request).await.map_err(|e| ApiError::Transport { what, source: e.into() })?;

@@ -27,7 +27,7 @@ mod lock;
 mod monitor;
 mod session;
 
-pub use api::ApiError;
+pub use api::{ApiError, MAX_CONCURRENT_REQUESTS, requests_sent};
 pub use config::{
     ADDRESS_ENV, CONSUL_DEFAULT_LOCK_DELAY, CONSUL_MAX_SESSION_TTL, CONSUL_MIN_SESSION_TTL, ConsulConfig,
     DEFAULT_ADDRESS, DEFAULT_PREFIX, TOKEN_ENV,

@@ -28,6 +28,12 @@ pub const MAX_KEY_WATCHES: usize = 64;
 /// busy prefix costs at most a few reads per second.
 const PREFIX_READ_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long after the grant a key watch sends its first blocking query.
+/// Nothing is missed meanwhile: the query starts from the grant's index, so
+/// a change in between answers it at once. A lock held only briefly (released
+/// within this time) then costs no watch request at all.
+const FIRST_WATCH_DELAY: Duration = Duration::from_millis(100);
+
 /// One held key to watch.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -102,6 +108,11 @@ impl Monitors {
 async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePermit) {
     let mut index = held.modify_index;
     let mut pause = Duration::from_millis(100);
+    tokio::select! {
+        () = held.stop.cancelled() => return,
+        _ = held.session.ended().fired() => return held.loss.fire(LostReason::SessionEnded),
+        () = sleep(FIRST_WATCH_DELAY) => {}
+    }
     loop {
         let read = tokio::select! {
             () = held.stop.cancelled() => return,
