@@ -28,7 +28,7 @@ Exit codes:
   127   the command was not found
 
 Backend URL (--backend, or DISTLOCK_URL): mem://, file:///dir, etcd://host:2379[,...][/namespace/][?ttl=15s],
-  zk://host:2181[,...][/chroot][?session_timeout=15s]
+  zk://host:2181[,...][/chroot][?session_timeout=15s], consul://host:8500[/prefix/][?ttl=15s&token=..]
 Default: file://$XDG_RUNTIME_DIR/distlock (or /tmp/distlock-$UID): works with no server.";
 
 /// The exit code for a lock error.

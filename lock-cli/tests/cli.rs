@@ -165,3 +165,21 @@ fn exec_runs_against_zookeeper() {
     let token: u64 = text.trim().trim_start_matches("token=").parse().unwrap_or(0);
     assert!(token > 0, "{text}");
 }
+
+/// Against Consul: `DISTLOCK_CLI_CONSUL`, by default the local agent that
+/// `scripts/services start consul` runs (with a TTL a stock Consul accepts).
+#[test]
+fn exec_runs_against_consul() {
+    let url = std::env::var("DISTLOCK_CLI_CONSUL")
+        .unwrap_or_else(|_| "consul://127.0.0.1:8500/distlock-cli-test/?ttl=10s".into());
+    let output = run(&url, &["exec", "--key", "cli/consul", "--", "sh", "-c", "echo token=$DISTLOCK_FENCING_TOKEN"]);
+    assert!(
+        output.status.success(),
+        "distlock exec against {url} failed; is Consul running (`scripts/services start consul`)? {output:?}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let token: u64 = text.trim().trim_start_matches("token=").parse().unwrap_or(0);
+    assert!(token > 0, "{text}");
+    let status = run(&url, &["status", "--key", "cli/consul"]);
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "cli/consul: free");
+}

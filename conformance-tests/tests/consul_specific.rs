@@ -1,0 +1,168 @@
+//! Consul-specific behaviour, against a real Consul agent: loss reported
+//! within a second, and mutual exclusion with Consul's own `consul lock`.
+#![cfg(feature = "consul")]
+
+use std::time::Duration;
+
+use conformance_tests::consul::{ConsulHarness, PREFIX};
+use conformance_tests::{Harness, Namespace};
+use lock_core::LostReason;
+use tokio::time::{Instant, timeout};
+
+fn harness() -> ConsulHarness {
+    ConsulHarness::from_env()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_destroyed_from_outside_reports_lost_within_one_second() {
+    let h = harness();
+    let ns = Namespace::new();
+    let client = h.client().await;
+    let first = client.locks.lock(ns.key("one").as_str()).try_acquire().await.ok().flatten();
+    let second = client.locks.lock(ns.key("two").as_str()).try_acquire().await.ok().flatten();
+    let (Some(first), Some(second)) = (first, second) else { panic!("could not take free keys") };
+    client.control.end_session().await;
+    let destroyed_at = Instant::now();
+    let both = async { (first.lost().await, second.lost().await) };
+    let reasons = timeout(Duration::from_secs(1), both).await;
+    assert_eq!(
+        reasons.ok(),
+        Some((LostReason::SessionEnded, LostReason::SessionEnded)),
+        "lost() did not complete within 1 s of the session's destruction, for every guard of the client"
+    );
+    assert!(destroyed_at.elapsed() <= Duration::from_secs(1));
+    assert!(first.release().await.is_err());
+    // The client creates a new session for new locks (once Consul's lock
+    // delay for the destroyed session's keys has passed), and tokens go on rising.
+    let again = client.locks.lock(ns.key("one").as_str()).wait(Duration::from_secs(10)).acquire().await;
+    let again = again.unwrap_or_else(|e| panic!("no new session after the destroy: {e}"));
+    assert!(again.token() > second.token(), "token did not increase on the new session");
+    assert!(again.release().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_deleted_from_outside_reports_lost_within_one_second() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("deleted");
+    let client = h.client().await;
+    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    h.break_lock(&key).await;
+    let reason = timeout(Duration::from_secs(1), guard.lost()).await;
+    assert_eq!(reason.ok(), Some(LostReason::Revoked), "lost() did not report the deletion within 1 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_that_is_not_a_lock_is_left_alone() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("plain value");
+    let kv_key = lock_consul::native_lock_key(PREFIX, &key).replace('%', "%25");
+    let admin = h.admin().await;
+    let put = rs_consul::CreateOrUpdateKeyRequest { key: &kv_key, ..Default::default() };
+    admin.create_or_update_key(put, b"precious".to_vec()).await.unwrap_or_else(|e| panic!("cannot put: {e}"));
+    let client = h.client().await;
+    let attempt = client.locks.lock(key.as_str()).try_acquire().await;
+    assert!(
+        matches!(&attempt, Err(lock_core::LockError::Backend { source, .. }) if source.to_string().contains("not a lock")),
+        "a plain KV value was taken as a lock: {attempt:?}"
+    );
+    let read = admin.read_key(rs_consul::ReadKeyRequest { key: &kv_key, ..Default::default() }).await;
+    let value = read.ok().and_then(|r| r.response.into_iter().next()).and_then(|e| e.value);
+    assert_eq!(value.as_deref(), Some("precious"), "the plain value was overwritten");
+    let delete = rs_consul::DeleteKeyRequest { key: &kv_key, ..Default::default() };
+    assert!(matches!(admin.delete_key(delete).await, Ok(true)));
+}
+
+/// The `consul` binary installed by `scripts/services install consul`, or
+/// the one `DISTLOCK_CONSUL_BIN` names.
+fn consul_binary() -> std::path::PathBuf {
+    let path = std::env::var_os("DISTLOCK_CONSUL_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| conformance_tests::services_dir().join("bin/consul"));
+    assert!(path.exists(), "no consul binary at {}: run `scripts/services install consul`", path.display());
+    path
+}
+
+/// `consul lock [options] PREFIX sh -c SCRIPT`, and the lines of its stdout.
+struct NativeLock {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+fn consul_lock(h: &ConsulHarness, options: &[&str], prefix: &str, script: &str) -> NativeLock {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(consul_binary())
+        .arg("lock")
+        .arg(format!("-http-addr={}", h.address()))
+        .arg("-shell=false")
+        .args(options)
+        .args([prefix, "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run consul lock: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("consul lock has no stdout"));
+    NativeLock { child, lines: tokio::io::BufReader::new(stdout).lines() }
+}
+
+async fn next_line(native: &mut NativeLock) -> Option<String> {
+    native.lines.next_line().await.ok().flatten().map(|line| line.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distlock_waits_while_consul_lock_holds() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("shared with consul lock");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let client = h.client().await;
+    // The command's last act prints the time; consul lock unlocks only after it.
+    let mut native = consul_lock(&h, &[], &prefix, "echo held; sleep 3; date +%s%N");
+    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("held"), "consul lock did not take the lock");
+    let attempt = client.locks.lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "distlock took a lock consul lock holds: {attempt:?}");
+    let info = client.locks.inspect(key.as_str()).await;
+    assert!(matches!(info, Ok(Some(_))), "inspect does not see consul lock's holder: {info:?}");
+    let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
+    let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after consul lock: {e}"));
+    let granted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).ok();
+    let finished_at = timeout(Duration::from_secs(5), next_line(&mut native)).await.ok().flatten();
+    let finished_at = finished_at.and_then(|line| line.parse::<u128>().ok());
+    assert!(
+        matches!((finished_at, granted_at), (Some(finished), Some(granted)) if finished <= granted),
+        "distlock was granted the lock while consul lock's command still ran ({finished_at:?} vs {granted_at:?})"
+    );
+    assert!(guard.release().await.is_ok());
+    let status = timeout(Duration::from_secs(10), native.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_lock_waits_while_distlock_holds() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("held by distlock");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let client = h.client().await;
+    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    // With a timeout, consul lock gives up on a lock distlock holds.
+    let mut refused = consul_lock(&h, &["-timeout=1s"], &prefix, "echo wrongly-acquired");
+    let status = timeout(Duration::from_secs(10), refused.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if !s.success()), "consul lock -timeout did not give up: {status:?}");
+    assert_eq!(next_line(&mut refused).await, None, "consul lock ran its command while distlock held the lock");
+    // Without one, it waits until distlock releases.
+    let mut native = consul_lock(&h, &[], &prefix, "echo acquired");
+    let early = timeout(Duration::from_secs(2), next_line(&mut native)).await;
+    assert!(early.is_err(), "consul lock got a lock distlock holds: {early:?}");
+    let info = client.locks.inspect(key.as_str()).await.ok().flatten().map(|i| i.token);
+    assert_eq!(info, Some(guard.token()), "the waiting consul lock displaced the holder");
+    assert!(guard.release().await.is_ok());
+    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("acquired"), "consul lock did not get the lock after release");
+    let status = timeout(Duration::from_secs(10), native.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed: {status:?}");
+}
