@@ -1,0 +1,149 @@
+//! Consul over HTTPS with ACLs on: a dedicated Consul agent that this test
+//! starts on free loopback ports (certificates made with `openssl` for it,
+//! default-deny ACLs with a known management token) and stops by PID, reached
+//! through the facade's `consuls://` URL as users do.
+#![cfg(feature = "consul")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lock_core::LockError;
+
+const MANAGEMENT_TOKEN: &str = "6f3c2a4e-9b1d-4c7e-8a2f-0d5e1b3c7a90";
+
+/// A private Consul agent, killed when dropped.
+struct PrivateConsul {
+    child: Child,
+    https_port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for PrivateConsul {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl").current_dir(dir).args(args).stderr(Stdio::null()).status();
+    assert!(matches!(status, Ok(s) if s.success()), "openssl {args:?} failed: {status:?}");
+}
+
+fn make_certificates(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for ca in ["ca", "other-ca"] {
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        let (key, cert, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=distlock test {ca}"));
+        args.extend(["-keyout", &key, "-out", &cert, "-days", "2", "-subj", &subject]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server.dc1.consul"]);
+    openssl(dir, &args);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .unwrap_or_else(|e| panic!("cannot write san.ext: {e}"));
+    openssl(
+        dir,
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
+            .into_iter()
+            .chain(["-out", "server.pem", "-days", "2", "-extfile", "san.ext"])
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn start_consul() -> PrivateConsul {
+    let binary = conformance_tests::services_dir().join("bin/consul");
+    assert!(binary.exists(), "no consul at {}: run `scripts/services install consul`", binary.display());
+    let https_port = free_port();
+    let dir = std::env::temp_dir().join(format!("distlock-consul-tls-{}-{https_port}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+    make_certificates(&dir);
+    let config = serde_json_like(&dir, https_port);
+    std::fs::write(dir.join("agent.json"), config).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
+    let child = Command::new(binary)
+        .args(["agent", "-config-file"])
+        .arg(dir.join("agent.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start consul: {e}"));
+    PrivateConsul { child, https_port, dir }
+}
+
+/// The agent's configuration: HTTPS only, default-deny ACLs.
+fn serde_json_like(dir: &Path, https: u16) -> String {
+    let (server, lan, wan) = (free_port(), free_port(), free_port());
+    let path = |name: &str| dir.join(name).display().to_string();
+    format!(
+        r#"{{
+  "node_name": "tls", "datacenter": "dc1", "server": true, "bootstrap_expect": 1,
+  "data_dir": "{data}", "bind_addr": "127.0.0.1", "client_addr": "127.0.0.1",
+  "ports": {{ "http": -1, "https": {https}, "dns": -1, "grpc": -1, "server": {server}, "serf_lan": {lan}, "serf_wan": {wan} }},
+  "cert_file": "{cert}", "key_file": "{key}", "ca_file": "{ca}",
+  "session_ttl_min": "1s", "disable_update_check": true, "log_level": "ERR",
+  "acl": {{ "enabled": true, "default_policy": "deny", "tokens": {{ "master": "{MANAGEMENT_TOKEN}" }} }}
+}}"#,
+        data = path("data"),
+        cert = path("server.pem"),
+        key = path("server.key"),
+        ca = path("ca.pem"),
+    )
+}
+
+fn url(consul: &PrivateConsul, ca: &str, token: Option<&str>) -> String {
+    let ca = consul.dir.join(ca).display().to_string();
+    let token = token.map(|t| format!("&token={t}")).unwrap_or_default();
+    format!(
+        "consuls://127.0.0.1:{}/tls-test/?ttl=2s&lock_delay=1s&request_timeout=2s&ca={ca}{token}",
+        consul.https_port
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_file_and_an_acl_token() {
+    let consul = start_consul();
+    // Ready once a session can be made with the management token.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let locks = loop {
+        match distlock::connect(&url(&consul, "ca.pem", Some(MANAGEMENT_TOKEN))).await {
+            Ok(locks) => break locks,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "the private Consul never accepted the token over HTTPS: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let guard = locks.lock("secured/job").try_acquire().await;
+    let guard = guard.ok().flatten().unwrap_or_else(|| panic!("could not take a free key over HTTPS"));
+    assert!(guard.token().get() > 0);
+    assert!(guard.release().await.is_ok());
+
+    // Without the token, default-deny refuses the session: a typed error, not a hang.
+    let anonymous = distlock::connect(&url(&consul, "ca.pem", None)).await;
+    assert!(
+        matches!(&anonymous, Err(LockError::Backend { source, .. }) if source.to_string().contains("ermission denied")),
+        "an anonymous client was not refused: {:?}",
+        anonymous.err()
+    );
+    // A CA that did not sign the server's certificate is refused.
+    let untrusted = distlock::connect(&url(&consul, "other-ca.pem", Some(MANAGEMENT_TOKEN))).await;
+    let error = untrusted.err().map(|e| format!("{e:?}")).unwrap_or_default();
+    assert!(
+        error.contains("Unavailable") && error.to_lowercase().contains("certificate"),
+        "an untrusted server was accepted: {error}"
+    );
+    // A CA file that is not one is a configuration error.
+    let bogus = distlock::connect(&url(&consul, "agent.json", Some(MANAGEMENT_TOKEN))).await;
+    assert!(matches!(bogus, Err(LockError::InvalidConfig { .. })), "a bogus CA file was accepted: {:?}", bogus.err());
+}
