@@ -54,6 +54,53 @@ async fn key_deleted_from_outside_reports_lost_within_one_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_deleted_beyond_the_per_key_watches_reports_lost_within_one_second() {
+    let h = harness();
+    let ns = Namespace::new();
+    let client = h.client().await;
+    let mut guards = Vec::new();
+    // The first MAX_KEY_WATCHES locks watch their own key; the next one is
+    // covered by the client's shared prefix watch.
+    for index in 0..=lock_consul::MAX_KEY_WATCHES {
+        let guard = client.locks.lock(ns.key(&format!("many-{index}")).as_str()).try_acquire().await;
+        guards.push(guard.ok().flatten().unwrap_or_else(|| panic!("could not take free key {index}")));
+    }
+    let (last, watched_alone) = (guards.len() - 1, 3);
+    for index in [watched_alone, last] {
+        h.break_lock(guards[index].key()).await;
+        let reason = timeout(Duration::from_secs(1), guards[index].lost()).await;
+        assert_eq!(reason.ok(), Some(LostReason::Revoked), "lock {index}: the deletion was not reported within 1 s");
+    }
+    let lost = guards.iter().filter(|guard| guard.is_lost()).count();
+    assert_eq!(lost, 2, "other locks were reported lost too");
+    for guard in guards.into_iter().filter(|guard| !guard.is_lost()) {
+        assert!(guard.release().await.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acquire_reply_leaves_no_orphan_key() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("lost reply");
+    let client = h.client().await;
+    client.control.lose_replies().await;
+    let attempt = client.locks.lock(key.as_str()).try_acquire().await;
+    assert!(attempt.is_err(), "an acquisition whose reply was held back succeeded: {attempt:?}");
+    assert_eq!(h.leftover(ns.prefix()).await, 1, "the acquisition did not reach Consul, so this test proves nothing");
+    client.control.restore().await;
+    // The client finds its own write (by its session and attempt id) and deletes it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.leftover(ns.prefix()).await != 0 {
+        assert!(Instant::now() < deadline, "orphan key left by the unanswered acquisition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = h.client().await;
+    let next = other.locks.lock(key.as_str()).try_acquire().await;
+    assert!(matches!(&next, Ok(Some(_))), "the key was not free after the cleanup: {next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_that_is_not_a_lock_is_left_alone() {
     let h = harness();
     let ns = Namespace::new();

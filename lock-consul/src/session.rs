@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use lock_core::{LockError, LockKey, LossSignal, LostReason};
+use lock_core::{LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -22,10 +22,8 @@ pub(crate) struct Session {
     ttl: Duration,
     ended: LossSignal,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    /// When the last renewal Consul answered was sent.
-    confirmed: std::sync::Mutex<Option<Instant>>,
-    /// One renewal request at a time: the others wait and reuse its answer.
-    renewing: Mutex<()>,
+    /// One renewal for every lock of the session.
+    renewal: SharedRenewal,
 }
 
 impl Session {
@@ -47,9 +45,9 @@ impl Session {
             ttl: config.session_ttl_value(),
             ended: LossSignal::new(),
             tasks: std::sync::Mutex::default(),
-            confirmed: std::sync::Mutex::new(Some(sent)),
-            renewing: Mutex::new(()),
+            renewal: SharedRenewal::new(config.session_ttl_value() / 4),
         });
+        session.renewal.confirm(sent);
         let span = info_span!("consul_session", session = %session.id);
         let renewer = tokio::spawn(keep_alive(Arc::downgrade(&session), api.clone()).instrument(span.clone()));
         let watcher = tokio::spawn(watch(Arc::downgrade(&session), api.clone()).instrument(span));
@@ -68,46 +66,24 @@ impl Session {
         self.ttl
     }
 
-    /// A send time of an answered renewal recent enough (within a quarter of
-    /// the TTL) to prove the session alive for another renewal.
-    fn recent_confirmation(&self) -> Option<Instant> {
-        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        confirmed.filter(|at| at.elapsed() < self.ttl / 4)
-    }
-
-    fn confirm(&self, sent: Instant) {
-        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        if confirmed.is_none_or(|at| at < sent) {
-            *confirmed = Some(sent);
-        }
-    }
-
     /// Renews the session, at most one request at a time and about once a
     /// quarter TTL however many locks ask: returns when the proof was sent.
     pub(crate) async fn renew(&self, api: &Api, key: &LockKey) -> Result<Instant, LockError> {
         if self.ended.is_fired() {
             return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
         }
-        if let Some(confirmed) = self.recent_confirmation() {
-            return Ok(confirmed);
-        }
-        let _single_flight = self.renewing.lock().await;
-        if let Some(confirmed) = self.recent_confirmation() {
-            return Ok(confirmed);
-        }
-        let sent = Instant::now();
-        match api.renew_session(&self.id).await {
-            Ok(true) => {
-                self.confirm(sent);
-                Ok(sent)
+        let request = || async {
+            match api.renew_session(&self.id).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    warn!(session = %self.id, "Consul no longer knows the session");
+                    self.ended.fire(LostReason::SessionEnded);
+                    Err(LockError::lost(BACKEND, key, LostReason::SessionEnded))
+                }
+                Err(e) => Err(error::map(Some(key), e)),
             }
-            Ok(false) => {
-                warn!(session = %self.id, "Consul no longer knows the session");
-                self.ended.fire(LostReason::SessionEnded);
-                Err(LockError::lost(BACKEND, key, LostReason::SessionEnded))
-            }
-            Err(e) => Err(error::map(Some(key), e)),
-        }
+        };
+        self.renewal.renew(request).await
     }
 }
 

@@ -33,6 +33,7 @@ mod lease;
 mod local;
 mod memory;
 mod options;
+mod renewal;
 mod token;
 
 pub use backend::{DistributedLock, deadline_passed};
@@ -44,4 +45,5 @@ pub use key::{KeyError, LockKey, MAX_KEY_BYTES};
 pub use lease::{Lease, LockInfo, LossSignal};
 pub use memory::{MemoryLock, MemoryStore};
 pub use options::{LockOptions, MAX_OWNER_BYTES, default_owner};
+pub use renewal::SharedRenewal;
 pub use token::FencingToken;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{LockError, LockKey, LossSignal, LostReason};
+use lock_core::{LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -19,10 +19,8 @@ pub(crate) struct Session {
     pub(crate) client: Client,
     ended: LossSignal,
     watcher: JoinHandle<()>,
-    /// When the last request the server answered on this session was sent.
-    confirmed: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// One renewal request at a time: the others wait and reuse its answer.
-    pub(crate) renewing: Mutex<()>,
+    /// One renewal for every lock of the session.
+    pub(crate) renewal: SharedRenewal,
 }
 
 impl Session {
@@ -60,26 +58,14 @@ impl Session {
             .instrument(span),
         );
         debug!(session = client.session().id().0, timeout = ?client.session_timeout(), "session started");
-        Ok(Arc::new(Self { client, ended, watcher, confirmed: std::sync::Mutex::default(), renewing: Mutex::new(()) }))
+        // Any request the server answered restarts the session timeout, so a
+        // recent one (within a quarter of the TTL) proves the session alive.
+        let renewal = SharedRenewal::new(client.session_timeout() / 4);
+        Ok(Arc::new(Self { client, ended, watcher, renewal }))
     }
 
     pub(crate) fn ended(&self) -> &LossSignal {
         &self.ended
-    }
-
-    /// A send time of an answered request recent enough (within a quarter of
-    /// the TTL) to prove the session alive for another renewal.
-    pub(crate) fn recent_confirmation(&self) -> Option<tokio::time::Instant> {
-        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        confirmed.filter(|at| at.elapsed() < self.ttl() / 4)
-    }
-
-    /// Records that a request sent at `sent` was answered.
-    pub(crate) fn confirm(&self, sent: tokio::time::Instant) {
-        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        if confirmed.is_none_or(|at| at < sent) {
-            *confirmed = Some(sent);
-        }
     }
 
     /// The session timeout ZooKeeper negotiated: the TTL of every lock.

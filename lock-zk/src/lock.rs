@@ -356,29 +356,21 @@ impl DistributedLock for ZkLock {
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
         let grant = grant_of(lease)?;
         lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
-        // Any request the server answered restarts the session timeout, so a
-        // recent one proves every lock of the session (each node's deletion
-        // is watched); otherwise ask, about once a quarter TTL per session,
-        // not once per lock.
-        if let Some(confirmed) = grant.session.recent_confirmation() {
-            return Ok(confirmed);
-        }
-        let _single_flight = grant.session.renewing.lock().await;
-        if let Some(confirmed) = grant.session.recent_confirmation() {
-            return Ok(confirmed);
-        }
-        let sent = Instant::now();
-        let stat: Option<Stat> = self.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await?;
-        match stat {
-            Some(stat) if stat.czxid == grant.czxid => {
-                grant.session.confirm(sent);
-                Ok(sent)
+        // A recent answer on the session proves every lock of it (each node's
+        // deletion is watched); otherwise ask, about once a quarter TTL per
+        // session, not once per lock.
+        let check = || async {
+            let stat: Option<Stat> =
+                self.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await?;
+            match stat {
+                Some(stat) if stat.czxid == grant.czxid => Ok(()),
+                _ => {
+                    lease.loss_signal().fire(LostReason::Revoked);
+                    Err(LockError::lost(BACKEND, lease.key(), LostReason::Revoked))
+                }
             }
-            _ => {
-                lease.loss_signal().fire(LostReason::Revoked);
-                Err(LockError::lost(BACKEND, lease.key(), LostReason::Revoked))
-            }
-        }
+        };
+        grant.session.renewal.renew(check).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
