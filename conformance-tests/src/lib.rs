@@ -24,6 +24,7 @@ pub mod failover;
 pub mod file;
 mod harness;
 pub mod memory;
+pub mod pki;
 pub mod proxy;
 #[cfg(feature = "zk")]
 pub mod zk;

@@ -33,42 +33,13 @@ fn free_port() -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl").current_dir(dir).args(args).stderr(Stdio::null()).status();
-    assert!(matches!(status, Ok(s) if s.success()), "openssl {args:?} failed: {status:?}");
-}
-
-fn make_certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    for ca in ["ca", "other-ca"] {
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        let (key, cert, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=distlock test {ca}"));
-        args.extend(["-keyout", &key, "-out", &cert, "-days", "2", "-subj", &subject]);
-        openssl(dir, &args);
-    }
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server.dc1.consul"]);
-    openssl(dir, &args);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        .unwrap_or_else(|e| panic!("cannot write san.ext: {e}"));
-    openssl(
-        dir,
-        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
-            .into_iter()
-            .chain(["-out", "server.pem", "-days", "2", "-extfile", "san.ext"])
-            .collect::<Vec<_>>(),
-    );
-}
-
 fn start_consul() -> PrivateConsul {
     let binary = conformance_tests::services_dir().join("bin/consul");
     assert!(binary.exists(), "no consul at {}: run `scripts/services install consul`", binary.display());
     let https_port = free_port();
     let dir = std::env::temp_dir().join(format!("distlock-consul-tls-{}-{https_port}", std::process::id()));
     std::fs::create_dir_all(dir.join("data")).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
-    make_certificates(&dir);
+    conformance_tests::pki::make_test_pki(&dir);
     let config = serde_json_like(&dir, https_port);
     std::fs::write(dir.join("agent.json"), config).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
     let child = Command::new(binary)
@@ -105,7 +76,7 @@ fn url(consul: &PrivateConsul, ca: &str, token: Option<&str>) -> String {
     let ca = consul.dir.join(ca).display().to_string();
     let token = token.map(|t| format!("&token={t}")).unwrap_or_default();
     format!(
-        "consuls://127.0.0.1:{}/tls-test/?ttl=2s&lock_delay=1s&request_timeout=2s&ca={ca}{token}",
+        "consuls://127.0.0.1:{}/tls-test/?ttl=2s&lock_delay=1s&request_timeout=2s&dc=dc1&ca={ca}{token}",
         consul.https_port
     )
 }

@@ -385,6 +385,7 @@ impl DistributedLock for ConsulLock {
         let mut delay_pause = Duration::from_millis(100);
         let mut answered = false;
         let mut waited = false;
+        let mut renewed_session = false;
         loop {
             // A session that ended while we waited makes the waiter lost
             // (the contract); the client gets a new session next time.
@@ -415,8 +416,9 @@ impl DistributedLock for ConsulLock {
                 Step::Retry(entry) => seen = entry,
                 // Ended before this acquisition began: start over on a new
                 // session. Ended while we waited: handled at the loop's top.
-                Step::SessionGone if seen.is_none() && !waited => {
+                Step::SessionGone if !waited && !renewed_session => {
                     debug!(%key, "the session had ended; creating a new one");
+                    renewed_session = true;
                     session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
                 }
                 Step::SessionGone => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
