@@ -14,6 +14,12 @@
 //! * **Connection options**: address (http or https with a CA file), ACL
 //!   token, datacenter, key prefix, session TTL and lock delay
 //!   ([`ConsulConfig`]).
+//! * **Bounded connections**: one pooled HTTP client per [`ConsulLock`], at
+//!   most [`MAX_CONCURRENT_REQUESTS`] short requests in flight and
+//!   [`MAX_KEY_WATCHES`] per-key watches (one prefix watch covers the rest),
+//!   so a client stays within Consul's limit of connections per client
+//!   address (200 by default) however many locks it holds. Each waiting
+//!   acquisition holds one blocking query.
 //!
 //! Consul refuses session TTLs below its `session_ttl_min` (10 s on a stock
 //! server); the default TTL here is 15 s.
