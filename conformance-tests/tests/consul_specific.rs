@@ -79,6 +79,41 @@ async fn key_deleted_beyond_the_per_key_watches_reports_lost_within_one_second()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_beyond_their_own_blocking_queries_are_woken_by_the_prefix_watch() {
+    const KEYS: usize = lock_consul::MAX_BLOCKING_WAITS + 16;
+    let h = harness();
+    let ns = Namespace::new();
+    let (holder, waiter) = (h.client().await, h.client().await);
+    let mut held = Vec::new();
+    for index in 0..KEYS {
+        let guard = holder.locks.lock(ns.key(&format!("shard-{index}")).as_str()).try_acquire().await;
+        held.push(guard.ok().flatten().unwrap_or_else(|| panic!("could not take free key {index}")));
+    }
+    let mut waiting = tokio::task::JoinSet::new();
+    for index in 0..KEYS {
+        let (locks, key) = (waiter.locks.clone(), ns.key(&format!("shard-{index}")));
+        waiting.spawn(async move { (index, locks.lock(key.as_str()).wait(Duration::from_secs(30)).acquire().await) });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(waiting.try_join_next().is_none(), "a waiter was granted a held key");
+    let tokens: Vec<u64> = held.iter().map(|guard| guard.token().get()).collect();
+    for guard in held {
+        assert!(guard.release().await.is_ok());
+    }
+    let mut granted = Vec::new();
+    while let Some(joined) = timeout(Duration::from_secs(20), waiting.join_next()).await.ok().flatten() {
+        let (index, guard) = joined.unwrap_or_else(|e| panic!("waiter panicked: {e}"));
+        let guard = guard.unwrap_or_else(|e| panic!("waiter {index} was not granted after the release: {e}"));
+        assert!(guard.token().get() > tokens[index], "waiter {index}: token did not increase");
+        granted.push(guard);
+    }
+    assert_eq!(granted.len(), KEYS, "not every waiter was woken within 20 s of the release");
+    for guard in granted {
+        assert!(guard.release().await.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_acquire_reply_leaves_no_orphan_key() {
     let h = harness();
     let ns = Namespace::new();

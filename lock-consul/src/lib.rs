@@ -15,11 +15,11 @@
 //!   token, datacenter, key prefix, session TTL and lock delay
 //!   ([`ConsulConfig`]).
 //! * **Bounded connections**: one pooled HTTP client per [`ConsulLock`], at
-//!   most [`MAX_CONCURRENT_REQUESTS`] short requests in flight and
-//!   [`MAX_KEY_WATCHES`] per-key watches (one prefix watch covers the rest),
+//!   most [`MAX_CONCURRENT_REQUESTS`] short requests in flight,
+//!   [`MAX_KEY_WATCHES`] per-key watches of held locks and
+//!   [`MAX_BLOCKING_WAITS`] per-key waits (one prefix watch covers the rest),
 //!   so a client stays within Consul's limit of connections per client
-//!   address (200 by default) however many locks it holds. Each waiting
-//!   acquisition holds one blocking query.
+//!   address (200 by default) however many locks it holds or waits for.
 //!
 //! Consul refuses session TTLs below its `session_ttl_min` (10 s on a stock
 //! server); the default TTL here is 15 s.
@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use layout::{NATIVE_LOCK_SUFFIX, native_lock_key, native_lock_prefix, native_prefix};
 pub use lock::{ConsulLock, LOCK_FLAG};
-pub use monitor::MAX_KEY_WATCHES;
+pub use monitor::{MAX_BLOCKING_WAITS, MAX_KEY_WATCHES};
 
 /// The backend's name in errors and traces.
 pub const BACKEND: &str = "consul";

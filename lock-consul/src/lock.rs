@@ -226,6 +226,9 @@ impl ConsulLock {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<Option<KvEntry>, LockError> {
+        let Some(_permit) = self.monitors.blocking_wait_permit() else {
+            return self.wait_in_prefix(key, kv_key, session, index, deadline, started).await;
+        };
         let mut pause = Duration::from_millis(100);
         loop {
             let wait = deadline
@@ -257,6 +260,38 @@ impl ConsulLock {
                     index = 1;
                 }
                 Err(e) => return Err(error::map(Some(key), e)),
+            }
+        }
+    }
+
+    /// [`Self::wait_for_change`] for a waiter beyond the client's own
+    /// blocking queries: woken by the shared prefix watch when a read newer
+    /// than `index` shows the key free (absent, unlocked, or our stale key).
+    async fn wait_in_prefix(
+        &self,
+        key: &LockKey,
+        kv_key: &str,
+        session: &Session,
+        index: u64,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<Option<KvEntry>, LockError> {
+        let mut snapshots = self.monitors.prefix_snapshots();
+        loop {
+            let free = snapshots.borrow_and_update().as_deref().is_some_and(|(read_at, entries)| {
+                *read_at > index
+                    && entries.get(kv_key).and_then(|(holder, _)| holder.as_deref()).is_none_or(|h| h == session.id)
+            });
+            if free {
+                // Only a hint: the next step reads or writes the key itself.
+                return Ok(None);
+            }
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() {
+                    snapshots = self.monitors.prefix_snapshots();
+                },
+                _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+                () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
             }
         }
     }

@@ -6,7 +6,9 @@
 //! with a blocking query, as `api.Lock` does; beyond that, one blocking query
 //! on the client's prefix covers them all, so a client holding thousands of
 //! locks keeps a bounded number of connections (Consul limits them per
-//! client, 200 by default) and sends nothing while nothing changes.
+//! client, 200 by default) and sends nothing while nothing changes. Waiting
+//! acquisitions do the same: the first [`MAX_BLOCKING_WAITS`] block on their
+//! key, the others are woken by the prefix watch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,10 @@ use crate::session::Session;
 
 /// How many locks of one client watch their own key.
 pub const MAX_KEY_WATCHES: usize = 64;
+
+/// How many waiting acquisitions of one client wait with a blocking query of
+/// their own; the others are woken by the shared prefix watch.
+pub const MAX_BLOCKING_WAITS: usize = 64;
 
 /// The shortest pause between two reads of the shared prefix watch, so a
 /// busy prefix costs at most a few reads per second.
@@ -58,7 +64,7 @@ impl Held {
 
 /// What one shared prefix read saw: its raft index, and each key's holder
 /// and `ModifyIndex`.
-type Snapshot = Arc<(u64, HashMap<String, (Option<String>, u64)>)>;
+pub(crate) type Snapshot = Arc<(u64, HashMap<String, (Option<String>, u64)>)>;
 
 /// The watches of one client.
 #[derive(Debug)]
@@ -66,6 +72,7 @@ pub(crate) struct Monitors {
     api: Api,
     prefix: String,
     key_watches: Arc<Semaphore>,
+    blocking_waits: Arc<Semaphore>,
     prefix_watch: std::sync::Mutex<Option<watch::Receiver<Option<Snapshot>>>>,
 }
 
@@ -75,6 +82,7 @@ impl Monitors {
             api,
             prefix,
             key_watches: Arc::new(Semaphore::new(MAX_KEY_WATCHES)),
+            blocking_waits: Arc::new(Semaphore::new(MAX_BLOCKING_WAITS)),
             prefix_watch: std::sync::Mutex::default(),
         }
     }
@@ -92,8 +100,14 @@ impl Monitors {
         }
     }
 
+    /// Leave for one waiter to hold a blocking query of its own, if fewer
+    /// than [`MAX_BLOCKING_WAITS`] do.
+    pub(crate) fn blocking_wait_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.blocking_waits).try_acquire_owned().ok()
+    }
+
     /// A receiver of the shared prefix reads, starting the reader if none runs.
-    fn prefix_snapshots(&self) -> watch::Receiver<Option<Snapshot>> {
+    pub(crate) fn prefix_snapshots(&self) -> watch::Receiver<Option<Snapshot>> {
         let mut shared = self.prefix_watch.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(receiver) = shared.as_ref().filter(|r| r.has_changed().is_ok()) {
             return receiver.clone();
