@@ -398,8 +398,7 @@ impl DistributedLock for ConsulLock {
         // The lock TTL is the session TTL. Consul may keep an unrenewed
         // session up to twice its TTL, then refuses the key for the lock delay.
         let ttl = self.config.session_ttl_value();
-        Capabilities::new(ttl, ttl)
-            .with_default_ttl(ttl)
+        Capabilities::fixed_ttl(ttl)
             .with_fifo(false)
             .with_expiry_slack(ttl + self.config.effective_lock_delay() + Duration::from_secs(2))
     }

@@ -57,6 +57,12 @@ impl Capabilities {
         }
     }
 
+    /// Capabilities of a backend whose every lock has the one TTL of the
+    /// client's lease or session: `ttl` is the minimum, maximum and default.
+    pub fn fixed_ttl(ttl: Duration) -> Self {
+        Self::new(ttl, ttl).with_default_ttl(ttl)
+    }
+
     /// Sets the TTL used when the options name none.
     pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;

@@ -499,10 +499,7 @@ impl DistributedLock for EtcdLock {
 
     fn capabilities(&self) -> Capabilities {
         let ttl = self.config.lease_ttl_value();
-        Capabilities::new(ttl, ttl)
-            .with_default_ttl(ttl)
-            .with_fifo(true)
-            .with_expiry_slack(std::time::Duration::from_secs(2))
+        Capabilities::fixed_ttl(ttl).with_fifo(true).with_expiry_slack(std::time::Duration::from_secs(2))
     }
 
     async fn acquire(

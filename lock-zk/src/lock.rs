@@ -307,7 +307,7 @@ impl DistributedLock for ZkLock {
     fn capabilities(&self) -> Capabilities {
         // The lock TTL is the session timeout ZooKeeper negotiated.
         let ttl = self.config.session_timeout_value();
-        Capabilities::new(ttl, ttl).with_default_ttl(ttl).with_fifo(true).with_expiry_slack(Duration::from_secs(2))
+        Capabilities::fixed_ttl(ttl).with_fifo(true).with_expiry_slack(Duration::from_secs(2))
     }
 
     async fn acquire(
