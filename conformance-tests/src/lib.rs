@@ -25,6 +25,7 @@ pub mod file;
 mod harness;
 pub mod memory;
 pub mod pki;
+pub mod process;
 pub mod proxy;
 #[cfg(feature = "zk")]
 pub mod zk;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use conformance_tests::consul::{ConsulHarness, PREFIX};
+use conformance_tests::process::NativeCommand;
 use conformance_tests::{Harness, Namespace};
 use lock_core::LostReason;
 use tokio::time::{Instant, timeout};
@@ -167,30 +168,16 @@ fn consul_binary() -> std::path::PathBuf {
     path
 }
 
-/// `consul lock [options] PREFIX sh -c SCRIPT`, and the lines of its stdout.
-struct NativeLock {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-fn consul_lock(h: &ConsulHarness, options: &[&str], prefix: &str, script: &str) -> NativeLock {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(consul_binary())
+/// `consul lock [options] PREFIX sh -c SCRIPT`.
+fn consul_lock(h: &ConsulHarness, options: &[&str], prefix: &str, script: &str) -> NativeCommand {
+    let mut command = tokio::process::Command::new(consul_binary());
+    command
         .arg("lock")
         .arg(format!("-http-addr={}", h.address()))
         .arg("-shell=false")
         .args(options)
-        .args([prefix, "sh", "-c", script])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run consul lock: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("consul lock has no stdout"));
-    NativeLock { child, lines: tokio::io::BufReader::new(stdout).lines() }
-}
-
-async fn next_line(native: &mut NativeLock) -> Option<String> {
-    native.lines.next_line().await.ok().flatten().map(|line| line.trim().to_owned())
+        .args([prefix, "sh", "-c", script]);
+    NativeCommand::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +189,7 @@ async fn distlock_waits_while_consul_lock_holds() {
     let client = h.client().await;
     // The command's last act prints the time; consul lock unlocks only after it.
     let mut native = consul_lock(&h, &[], &prefix, "echo held; sleep 3; date +%s%N");
-    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("held"), "consul lock did not take the lock");
     let attempt = client.locks.lock(key.as_str()).try_acquire().await;
     assert!(matches!(attempt, Ok(None)), "distlock took a lock consul lock holds: {attempt:?}");
@@ -211,7 +198,7 @@ async fn distlock_waits_while_consul_lock_holds() {
     let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
     let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after consul lock: {e}"));
     let granted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).ok();
-    let finished_at = timeout(Duration::from_secs(5), next_line(&mut native)).await.ok().flatten();
+    let finished_at = timeout(Duration::from_secs(5), native.next_line()).await.ok().flatten();
     let finished_at = finished_at.and_then(|line| line.parse::<u128>().ok());
     assert!(
         matches!((finished_at, granted_at), (Some(finished), Some(granted)) if finished <= granted),
@@ -235,15 +222,15 @@ async fn consul_lock_waits_while_distlock_holds() {
     let mut refused = consul_lock(&h, &["-timeout=1s"], &prefix, "echo wrongly-acquired");
     let status = timeout(Duration::from_secs(10), refused.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if !s.success()), "consul lock -timeout did not give up: {status:?}");
-    assert_eq!(next_line(&mut refused).await, None, "consul lock ran its command while distlock held the lock");
+    assert_eq!(refused.next_line().await, None, "consul lock ran its command while distlock held the lock");
     // Without one, it waits until distlock releases.
     let mut native = consul_lock(&h, &[], &prefix, "echo acquired");
-    let early = timeout(Duration::from_secs(2), next_line(&mut native)).await;
+    let early = timeout(Duration::from_secs(2), native.next_line()).await;
     assert!(early.is_err(), "consul lock got a lock distlock holds: {early:?}");
     let info = client.locks.inspect(key.as_str()).await.ok().flatten().map(|i| i.token);
     assert_eq!(info, Some(guard.token()), "the waiting consul lock displaced the holder");
     assert!(guard.release().await.is_ok());
-    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("acquired"), "consul lock did not get the lock after release");
     let status = timeout(Duration::from_secs(10), native.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed: {status:?}");

@@ -4,56 +4,37 @@
 //! through the facade's `consuls://` URL as users do.
 #![cfg(feature = "consul")]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use conformance_tests::process::{PrivateServer, free_port};
 use lock_core::LockError;
 
 const MANAGEMENT_TOKEN: &str = "6f3c2a4e-9b1d-4c7e-8a2f-0d5e1b3c7a90";
 
-/// A private Consul agent, killed when dropped.
+/// A private Consul agent, stopped when dropped.
 struct PrivateConsul {
-    child: Child,
+    server: PrivateServer,
     https_port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for PrivateConsul {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"));
-    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn start_consul() -> PrivateConsul {
     let binary = conformance_tests::services_dir().join("bin/consul");
     assert!(binary.exists(), "no consul at {}: run `scripts/services install consul`", binary.display());
     let https_port = free_port();
-    let dir = std::env::temp_dir().join(format!("distlock-consul-tls-{}-{https_port}", std::process::id()));
+    let dir = PrivateServer::scratch_dir("consul-tls");
     std::fs::create_dir_all(dir.join("data")).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
     conformance_tests::pki::make_test_pki(&dir);
-    let config = serde_json_like(&dir, https_port);
+    let config = agent_config(&dir, https_port);
     std::fs::write(dir.join("agent.json"), config).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
-    let child = Command::new(binary)
-        .args(["agent", "-config-file"])
-        .arg(dir.join("agent.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start consul: {e}"));
-    PrivateConsul { child, https_port, dir }
+    let mut command = Command::new(binary);
+    command.args(["agent", "-config-file"]).arg(dir.join("agent.json"));
+    PrivateConsul { server: PrivateServer::spawn(command, dir), https_port }
 }
 
 /// The agent's configuration: HTTPS only, default-deny ACLs.
-fn serde_json_like(dir: &Path, https: u16) -> String {
+fn agent_config(dir: &Path, https: u16) -> String {
     let (server, lan, wan) = (free_port(), free_port(), free_port());
     let path = |name: &str| dir.join(name).display().to_string();
     format!(
@@ -73,7 +54,7 @@ fn serde_json_like(dir: &Path, https: u16) -> String {
 }
 
 fn url(consul: &PrivateConsul, ca: &str, token: Option<&str>) -> String {
-    let ca = consul.dir.join(ca).display().to_string();
+    let ca = consul.server.dir().join(ca).display().to_string();
     let token = token.map(|t| format!("&token={t}")).unwrap_or_default();
     format!(
         "consuls://127.0.0.1:{}/tls-test/?ttl=2s&lock_delay=1s&request_timeout=2s&dc=dc1&ca={ca}{token}",

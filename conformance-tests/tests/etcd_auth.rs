@@ -3,32 +3,18 @@
 //! through the real `etcdctl`.
 #![cfg(feature = "etcd")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use conformance_tests::process::{PrivateServer, free_port};
 use lock_core::LockError;
 
 // The facade's URL parsing is what this test goes through, as users do.
 
-/// A private etcd process, killed when dropped.
+/// A private etcd, stopped when dropped.
 struct PrivateEtcd {
-    child: Child,
+    _server: PrivateServer,
     endpoint: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"));
-    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tool(name: &str) -> std::path::PathBuf {
@@ -39,20 +25,17 @@ fn tool(name: &str) -> std::path::PathBuf {
 
 fn start_etcd() -> PrivateEtcd {
     let (client, peer) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("distlock-etcd-auth-{}-{client}", std::process::id()));
+    let dir = PrivateServer::scratch_dir("etcd-auth");
     let endpoint = format!("http://127.0.0.1:{client}");
-    let child = Command::new(tool("etcd"))
+    let mut command = Command::new(tool("etcd"));
+    command
         .args(["--name", "auth", "--data-dir"])
         .arg(&dir)
         .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
         .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("auth=http://127.0.0.1:{peer}"), "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
-    let etcd = PrivateEtcd { child, endpoint, dir };
+        .args(["--initial-cluster", &format!("auth=http://127.0.0.1:{peer}"), "--log-level", "error"]);
+    let etcd = PrivateEtcd { _server: PrivateServer::spawn(command, dir), endpoint };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !etcdctl(&etcd, &["endpoint", "health"]) {
         assert!(Instant::now() < deadline, "the private etcd did not become healthy");

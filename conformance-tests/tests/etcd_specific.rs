@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use conformance_tests::etcd::EtcdHarness;
+use conformance_tests::process::NativeCommand;
 use conformance_tests::{Harness, Namespace};
 use lock_core::LostReason;
 use tokio::time::{Instant, timeout};
@@ -54,27 +55,11 @@ fn etcdctl() -> std::path::PathBuf {
     path
 }
 
-/// `etcdctl lock NAME sh -c SCRIPT`, and the lines of its stdout.
-struct NativeLock {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-fn etcdctl_lock(h: &EtcdHarness, name: &str, script: &str) -> NativeLock {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(etcdctl())
-        .arg(format!("--endpoints={}", h.endpoints().join(",")))
-        .args(["lock", "--", name, "sh", "-c", script])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("etcdctl has no stdout"));
-    NativeLock { child, lines: tokio::io::BufReader::new(stdout).lines() }
-}
-
-async fn next_line(native: &mut NativeLock) -> Option<String> {
-    native.lines.next_line().await.ok().flatten().map(|line| line.trim().to_owned())
+/// `etcdctl lock NAME sh -c SCRIPT`.
+fn etcdctl_lock(h: &EtcdHarness, name: &str, script: &str) -> NativeCommand {
+    let mut command = tokio::process::Command::new(etcdctl());
+    command.arg(format!("--endpoints={}", h.endpoints().join(","))).args(["lock", "--", name, "sh", "-c", script]);
+    NativeCommand::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,14 +71,14 @@ async fn distlock_waits_while_etcdctl_lock_holds() {
     let client = h.client().await;
     // The command's last act prints the time; etcdctl unlocks only after it.
     let mut native = etcdctl_lock(&h, &name, "echo held; sleep 3; date +%s%N");
-    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("held"), "etcdctl lock did not take the lock");
     let attempt = client.locks.lock(key.as_str()).try_acquire().await;
     assert!(matches!(attempt, Ok(None)), "distlock took a lock etcdctl holds: {attempt:?}");
     let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
     let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after etcdctl: {e}"));
     let granted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).ok();
-    let finished_at = timeout(Duration::from_secs(5), next_line(&mut native)).await.ok().flatten();
+    let finished_at = timeout(Duration::from_secs(5), native.next_line()).await.ok().flatten();
     let finished_at = finished_at.and_then(|line| line.parse::<u128>().ok());
     assert!(
         matches!((finished_at, granted_at), (Some(finished), Some(granted)) if finished <= granted),
@@ -112,12 +97,12 @@ async fn etcdctl_lock_waits_while_distlock_holds() {
     let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
     let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
     let mut native = etcdctl_lock(&h, &name, "echo acquired");
-    let early = timeout(Duration::from_secs(2), next_line(&mut native)).await;
+    let early = timeout(Duration::from_secs(2), native.next_line()).await;
     assert!(early.is_err(), "etcdctl lock got a lock distlock holds: {early:?}");
     let info = client.locks.inspect(key.as_str()).await.ok().flatten().map(|i| i.token);
     assert_eq!(info, Some(guard.token()), "the waiting etcdctl displaced the holder");
     assert!(guard.release().await.is_ok());
-    let line = timeout(Duration::from_secs(10), next_line(&mut native)).await.ok().flatten();
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
     assert_eq!(line.as_deref(), Some("acquired"), "etcdctl lock did not get the lock after release");
     let status = timeout(Duration::from_secs(10), native.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "etcdctl lock failed: {status:?}");

@@ -3,41 +3,27 @@
 //! for it) and stops by PID, reached through the facade's `etcds://` URL.
 #![cfg(feature = "etcd")]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A private etcd process, killed when dropped.
+use conformance_tests::process::{PrivateServer, free_port};
+
+/// A private etcd, stopped when dropped.
 struct PrivateEtcd {
-    child: Child,
+    server: PrivateServer,
     port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"));
-    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn start_etcd() -> PrivateEtcd {
     let binary = conformance_tests::services_dir().join("bin/etcd");
     assert!(binary.exists(), "no etcd at {}: run `scripts/services install etcd`", binary.display());
     let (port, peer) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("distlock-etcd-tls-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+    let dir = PrivateServer::scratch_dir("etcd-tls");
     conformance_tests::pki::make_test_pki(&dir);
     let file = |name: &str| dir.join(name);
     let client_url = format!("https://127.0.0.1:{port}");
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["--name", "tls", "--data-dir"])
         .arg(file("data"))
         .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
@@ -50,16 +36,12 @@ fn start_etcd() -> PrivateEtcd {
         .arg(file("server.key"))
         .arg("--trusted-ca-file")
         .arg(file("ca.pem"))
-        .arg("--client-cert-auth")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
-    PrivateEtcd { child, port, dir }
+        .arg("--client-cert-auth");
+    PrivateEtcd { server: PrivateServer::spawn(command, dir), port }
 }
 
 fn url(etcd: &PrivateEtcd, ca: &str, client: bool) -> String {
-    let path = |name: &str| etcd.dir.join(name).display().to_string();
+    let path = |name: &str| etcd.server.dir().join(name).display().to_string();
     let client =
         if client { format!("&cert={}&key={}", path("client.pem"), path("client.key")) } else { String::new() };
     format!("etcds://127.0.0.1:{}/tls/?ttl=5s&connect_timeout=2s&request_timeout=2s&ca={}{client}", etcd.port, path(ca))

@@ -6,10 +6,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use conformance_tests::process::NativeCommand;
 use conformance_tests::zk::{BASE, ZkHarness};
 use conformance_tests::{Harness, Namespace};
 use lock_core::LostReason;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::{Instant, sleep, timeout};
 
 fn harness() -> ZkHarness {
@@ -96,25 +96,17 @@ async fn curator_program() -> std::path::PathBuf {
 const CURATOR_CLASSPATH: &str =
     "/usr/share/java/curator-recipes.jar:/usr/share/java/curator-framework.jar:/usr/share/java/curator-client.jar";
 
-/// Runs CuratorLock on `path`, holding for `hold`; returns it and its lines.
-async fn curator(
-    h: &ZkHarness,
-    path: &str,
-    hold: Duration,
-) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+/// Runs CuratorLock on `path`, holding for `hold`.
+async fn curator(h: &ZkHarness, path: &str, hold: Duration) -> NativeCommand {
     let classes = curator_program().await;
-    let mut child = tokio::process::Command::new("java")
+    let mut command = tokio::process::Command::new("java");
+    command
         .arg("-cp")
         .arg(format!("{}:{CURATOR_CLASSPATH}", classes.display()))
         .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "CuratorLock"])
         .args([h.upstream(), path, &hold.as_millis().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run java: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    (child, BufReader::new(stdout).lines())
+        .stderr(Stdio::null());
+    NativeCommand::spawn(command)
 }
 
 fn millis_now() -> u128 {
@@ -126,22 +118,22 @@ async fn distlock_waits_while_curator_holds() {
     let h = harness();
     let key = Namespace::new().key("shared with curator");
     let client = h.client().await;
-    let (mut java, mut lines) = curator(&h, &lock_zk::lock_path(BASE, &key), Duration::from_secs(3)).await;
-    let held = timeout(Duration::from_secs(60), lines.next_line()).await.ok().and_then(Result::ok).flatten();
+    let mut java = curator(&h, &lock_zk::lock_path(BASE, &key), Duration::from_secs(3)).await;
+    let held = timeout(Duration::from_secs(60), java.next_line()).await.ok().flatten();
     assert!(held.as_deref().is_some_and(|l| l.starts_with("held")), "Curator did not take the lock: {held:?}");
     let attempt = client.locks.lock(key.as_str()).try_acquire().await;
     assert!(matches!(attempt, Ok(None)), "distlock took a lock Curator holds: {attempt:?}");
     let guard = client.locks.lock(key.as_str()).wait(Duration::from_secs(30)).acquire().await;
     let guard = guard.unwrap_or_else(|e| panic!("distlock never got the lock after Curator: {e}"));
     let granted_at = millis_now();
-    let released = timeout(Duration::from_secs(10), lines.next_line()).await.ok().and_then(Result::ok).flatten();
+    let released = timeout(Duration::from_secs(10), java.next_line()).await.ok().flatten();
     let released_at = released.and_then(|l| l.strip_prefix("released ").and_then(|t| t.parse::<u128>().ok()));
     assert!(
         released_at.is_some_and(|r| r <= granted_at),
         "distlock was granted before Curator released ({released_at:?})"
     );
     assert!(guard.release().await.is_ok());
-    let _ = java.wait().await;
+    let _ = java.child.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,14 +143,14 @@ async fn curator_waits_while_distlock_holds() {
     let client = h.client().await;
     let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
     let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
-    let (mut java, mut lines) = curator(&h, &lock_zk::lock_path(BASE, &key), Duration::from_millis(10)).await;
-    let early = timeout(Duration::from_secs(5), lines.next_line()).await;
+    let mut java = curator(&h, &lock_zk::lock_path(BASE, &key), Duration::from_millis(10)).await;
+    let early = timeout(Duration::from_secs(5), java.next_line()).await;
     assert!(early.is_err(), "Curator got a lock distlock holds: {early:?}");
     let released_at = millis_now();
     assert!(guard.release().await.is_ok());
-    let held = timeout(Duration::from_secs(20), lines.next_line()).await.ok().and_then(Result::ok).flatten();
+    let held = timeout(Duration::from_secs(20), java.next_line()).await.ok().flatten();
     let held_at = held.and_then(|l| l.strip_prefix("held ").and_then(|t| t.parse::<u128>().ok()));
     assert!(held_at.is_some_and(|t| t >= released_at), "Curator did not get the lock after release: {held_at:?}");
-    let status = timeout(Duration::from_secs(20), java.wait()).await;
+    let status = timeout(Duration::from_secs(20), java.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "Curator failed: {status:?}");
 }
