@@ -141,20 +141,15 @@ struct ConsulControl {
 
 #[async_trait]
 impl ClientControl for ConsulControl {
+    fn proxy(&self) -> Option<&StallProxy> {
+        Some(&self.proxy)
+    }
+
     async fn end_session(&self) {
         let id = self.lock.session_id().await.unwrap_or_else(|| panic!("the client has no session to end"));
         let path = format!("/v1/session/destroy/{id}");
         let reply = admin_request(self.agent, "PUT", &path).await;
         assert!(reply.is_ok(), "cannot destroy session {id}: {reply:?}");
-    }
-    async fn cut_off(&self) {
-        self.proxy.stall();
-    }
-    async fn lose_replies(&self) {
-        self.proxy.stall_replies();
-    }
-    async fn restore(&self) {
-        self.proxy.resume();
     }
 }
 

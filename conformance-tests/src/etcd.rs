@@ -112,15 +112,13 @@ struct EtcdControl {
 
 #[async_trait]
 impl ClientControl for EtcdControl {
+    fn proxy(&self) -> Option<&StallProxy> {
+        Some(&self.proxy)
+    }
+
     async fn end_session(&self) {
         let id = self.lock.lease_id().await.unwrap_or_else(|| panic!("the client has no lease to end"));
         self.admin.lease_client().revoke(id).await.unwrap_or_else(|e| panic!("cannot revoke lease {id:x}: {e}"));
-    }
-    async fn cut_off(&self) {
-        self.proxy.stall();
-    }
-    async fn restore(&self) {
-        self.proxy.resume();
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{LockError, LockKey, Locks};
 
+use crate::proxy::StallProxy;
+
 /// One backend under test, with a real service behind it.
 ///
 /// Implementations panic with instructions for starting the service when it
@@ -57,20 +59,33 @@ pub trait ClientControl: Send + Sync {
     /// server-side expiry would.
     async fn end_session(&self);
 
+    /// The stall proxy the client talks to its service through, if any: the
+    /// faults below act on it unless the harness overrides them.
+    fn proxy(&self) -> Option<&StallProxy> {
+        None
+    }
+
     /// Stalls all traffic between the client and the service (a blackholed
     /// connection, not a refused one).
-    async fn cut_off(&self);
+    async fn cut_off(&self) {
+        proxy_for(self, "cut the client off").stall();
+    }
 
     /// Lets stalled traffic flow again.
-    async fn restore(&self);
+    async fn restore(&self) {
+        proxy_for(self, "restore the client").resume();
+    }
 
     /// Lets requests reach the service but holds back its replies, as on a
-    /// connection that dies right after a request left. Backends whose
-    /// harness cannot do that leave it unimplemented; only tests that need it
-    /// call it.
+    /// connection that dies right after a request left. Harnesses without a
+    /// proxy cannot; only tests that need it call it.
     async fn lose_replies(&self) {
-        panic!("this harness cannot hold back replies alone");
+        proxy_for(self, "hold back replies alone").stall_replies();
     }
+}
+
+fn proxy_for<'a, C: ClientControl + ?Sized>(control: &'a C, fault: &str) -> &'a StallProxy {
+    control.proxy().unwrap_or_else(|| panic!("this harness has no proxy and cannot {fault}"))
 }
 
 /// A random key prefix of one case, so cases run in parallel on one service.

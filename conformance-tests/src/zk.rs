@@ -119,20 +119,15 @@ impl ZkControl {
 
 #[async_trait]
 impl ClientControl for ZkControl {
+    fn proxy(&self) -> Option<&StallProxy> {
+        Some(&self.proxy)
+    }
+
     async fn end_session(&self) {
         // Silence the client past its session timeout: ZooKeeper expires the
         // session, and the client learns it when it reconnects.
         self.proxy.stall();
         tokio::time::sleep(self.lock_ttl() + Duration::from_millis(500)).await;
-        self.proxy.resume();
-    }
-    async fn cut_off(&self) {
-        self.proxy.stall();
-    }
-    async fn lose_replies(&self) {
-        self.proxy.stall_replies();
-    }
-    async fn restore(&self) {
         self.proxy.resume();
     }
 }
