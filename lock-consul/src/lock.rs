@@ -173,7 +173,7 @@ impl ConsulLock {
             if entry.flags != LOCK_FLAG {
                 return Err(not_a_lock(key, kv_key, entry.flags));
             }
-            if entry.holder().is_some_and(|holder| holder != session.id) {
+            if session.held_by_other(entry.holder()) {
                 return Ok(Step::Held(entry.modify_index));
             }
         }
@@ -205,9 +205,7 @@ impl ConsulLock {
                     self.api.read_key(kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
                 match &entry {
                     Some(found) if found.flags != LOCK_FLAG => Err(not_a_lock(key, kv_key, found.flags)),
-                    Some(found) if found.holder().is_some_and(|holder| holder != session.id) => {
-                        Ok(Step::Held(found.modify_index))
-                    }
+                    Some(found) if session.held_by_other(found.holder()) => Ok(Step::Held(found.modify_index)),
                     _ => Ok(Step::Retry(entry)),
                 }
             }
@@ -240,9 +238,7 @@ impl ConsulLock {
             };
             match read {
                 Ok((entry, next)) => {
-                    let held_by_other =
-                        entry.as_ref().and_then(KvEntry::holder).is_some_and(|holder| holder != session.id);
-                    if !held_by_other {
+                    if !session.held_by_other(entry.as_ref().and_then(KvEntry::holder)) {
                         return Ok(entry);
                     }
                     index = next;
@@ -280,7 +276,7 @@ impl ConsulLock {
         loop {
             let free = snapshots.borrow_and_update().as_deref().is_some_and(|(read_at, entries)| {
                 *read_at > index
-                    && entries.get(kv_key).and_then(|(holder, _)| holder.as_deref()).is_none_or(|h| h == session.id)
+                    && !session.held_by_other(entries.get(kv_key).and_then(|(holder, _)| holder.as_deref()))
             });
             if free {
                 // Only a hint: the next step reads or writes the key itself.

@@ -20,7 +20,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT};
+use crate::api::{Api, MAX_BLOCKING_WAIT};
 use crate::session::Session;
 
 /// How many locks of one client watch their own key.
@@ -51,8 +51,9 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    fn still_ours(&self, entry: Option<&KvEntry>) -> bool {
-        entry.is_some_and(|e| e.holder() == Some(self.session.id.as_str()) && e.modify_index == self.modify_index)
+    /// Whether a key held by `holder` at `modify_index` is still our grant.
+    fn is_ours(&self, holder: Option<&str>, modify_index: u64) -> bool {
+        holder == Some(self.session.id.as_str()) && modify_index == self.modify_index
     }
 
     fn report_lost(&self) {
@@ -135,7 +136,7 @@ async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePer
             read = api.read_key(&held.kv_key, index, MAX_BLOCKING_WAIT) => read,
         };
         match read {
-            Ok((entry, next)) if held.still_ours(entry.as_ref()) => {
+            Ok((Some(entry), next)) if held.is_ours(entry.holder(), entry.modify_index) => {
                 index = next;
                 pause = Duration::from_millis(100);
             }
@@ -159,9 +160,7 @@ async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snaps
         let current = snapshots.borrow_and_update().clone();
         // A read from before our grant does not show our key yet.
         if let Some((_, entries)) = current.as_deref().filter(|(index, _)| *index >= held.modify_index) {
-            let ours = entries.get(&held.kv_key).is_some_and(|(holder, modify_index)| {
-                holder.as_deref() == Some(held.session.id.as_str()) && *modify_index == held.modify_index
-            });
+            let ours = entries.get(&held.kv_key).is_some_and(|(holder, index)| held.is_ours(holder.as_deref(), *index));
             if !ours {
                 return held.report_lost();
             }

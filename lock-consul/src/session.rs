@@ -56,6 +56,12 @@ impl Session {
         Ok(session)
     }
 
+    /// Whether a key whose lock `holder` names is held by another session
+    /// than this one (`None`: the key is free).
+    pub(crate) fn held_by_other(&self, holder: Option<&str>) -> bool {
+        holder.is_some_and(|holder| holder != self.id)
+    }
+
     /// Fires when Consul has invalidated the session.
     pub(crate) fn ended(&self) -> &LossSignal {
         &self.ended
