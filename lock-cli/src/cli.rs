@@ -24,11 +24,21 @@ pub enum Command {
     /// DISTLOCK_FENCING_TOKEN in its environment. CMD runs in a process group
     /// of its own: signals sent to distlock (INT, TERM, HUP, QUIT, USR1, USR2)
     /// are forwarded to the whole group, and a lost lock stops the whole group.
+    /// Run from a terminal's foreground, CMD gets the terminal (it can read
+    /// it; Ctrl-C and Ctrl-Z reach it, and suspend distlock's job with it).
     #[command(after_help = crate::exit::HELP)]
     Exec(ExecArgs),
     /// Show who holds KEY, with its fencing token and for how long, or "free".
     #[command(after_help = crate::exit::HELP)]
     Status(StatusArgs),
+    /// Internal: takes the terminal's foreground for CMD's process group,
+    /// then runs CMD in place of itself.
+    #[command(name = crate::terminal::FOREGROUND_SUBCOMMAND, hide = true)]
+    Foreground {
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 /// Where the lock lives.

@@ -11,14 +11,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::cli::{ExecArgs, OnLost, backend_url};
+use crate::terminal::{self, ForegroundTerminal};
 use crate::{exit, indicator};
 
 /// Signals forwarded to the command.
 const FORWARDED: [Signal; 6] =
     [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
-/// Runs `distlock exec`; returns the process exit code.
-pub async fn run(args: ExecArgs) -> u8 {
+/// Runs `distlock exec`; returns the process exit code. With `terminal`
+/// (distlock runs in the foreground of a terminal), the command gets the
+/// terminal while it runs.
+pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     let key = &args.target.key;
     let locks = match distlock::connect(&backend_url(&args.target)).await {
         Ok(locks) => locks,
@@ -36,15 +39,11 @@ pub async fn run(args: ExecArgs) -> u8 {
     };
     info!(key, token = guard.token().get(), "acquired");
     let Some((program, arguments)) = args.command.split_first() else { return exit::USAGE };
+    let mut command = command_line(program, arguments, terminal.is_some());
     // Its own process group, so that a lost lock stops the whole command,
     // grandchildren included, and a forwarded signal reaches all of it once.
-    let child = Command::new(program)
-        .args(arguments)
-        .env("DISTLOCK_KEY", key)
-        .env("DISTLOCK_FENCING_TOKEN", guard.token().to_string())
-        .process_group(0)
-        .spawn();
-    let child = match child {
+    command.env("DISTLOCK_KEY", key).env("DISTLOCK_FENCING_TOKEN", guard.token().to_string()).process_group(0);
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
             eprintln!("distlock: cannot run {program}: {error}");
@@ -52,7 +51,33 @@ pub async fn run(args: ExecArgs) -> u8 {
             return if error.kind() == ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
         }
     };
-    supervise(child, guard, &args).await
+    let code = supervise(child, guard, &args, terminal.as_ref()).await;
+    if let Some(terminal) = &terminal {
+        terminal.take_back();
+    }
+    code
+}
+
+/// The command to spawn: `command` itself, or, when it is to get the
+/// terminal, `distlock __foreground -- command`, which takes the terminal's
+/// foreground for its new process group before it becomes `command`.
+fn command_line(program: &str, arguments: &[String], to_foreground: bool) -> Command {
+    let trampoline = to_foreground.then(std::env::current_exe).and_then(|exe| {
+        exe.inspect_err(
+            |error| warn!(%error, "cannot find distlock's executable; the command runs without the terminal"),
+        )
+        .ok()
+    });
+    let mut command = match trampoline {
+        Some(exe) => {
+            let mut command = Command::new(exe);
+            command.arg(terminal::FOREGROUND_SUBCOMMAND).arg("--").arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command.args(arguments);
+    command
 }
 
 async fn acquire(locks: &Locks, args: &ExecArgs) -> Result<Option<LockGuard>, distlock::LockError> {
@@ -83,8 +108,18 @@ fn unreachable_pending() -> Result<LockGuard, distlock::LockError> {
 
 /// Waits for the command, forwarding signals to it and stopping it if the
 /// lock is lost; releases the lock when it exits.
-async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs) -> u8 {
+/// With a terminal, it also follows the command's stops (see
+/// [`ForegroundTerminal::stop_with_command`]).
+async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal: Option<&ForegroundTerminal>) -> u8 {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let mut child_changes = match terminal.map(|_| signal(SignalKind::child())) {
+        Some(Ok(stream)) => Some(stream),
+        Some(Err(error)) => {
+            warn!(%error, "cannot watch the command for stops");
+            None
+        }
+        None => None,
+    };
     let mut streams = Vec::new();
     for sig in FORWARDED {
         match signal(SignalKind::from_raw(sig as i32)) {
@@ -112,12 +147,31 @@ async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs) -> u8 {
                         kill_at = Some(tokio::time::Instant::now() + args.grace);
                     }
                 }
+                // A stopped command takes the signal only once continued.
+                match (terminal, pid) {
+                    (Some(terminal), Some(pid)) => terminal.continue_command(pid),
+                    _ => send(pid, Signal::SIGCONT),
+                }
             }
             () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
                 kill_at = None;
                 send(pid, Signal::SIGKILL);
             }
             Some(sig) = forwarded => send(pid, sig),
+            Some(()) = async { child_changes.as_mut()?.recv().await }, if child_changes.is_some() => {
+                if let (Some(terminal), Some(pid)) = (terminal, pid)
+                    && terminal.stop_with_command(pid)
+                {
+                    // Continued. A lock that expired meanwhile no longer
+                    // protects the command: it stays stopped, and the loss,
+                    // reported next, ends it.
+                    if guard.remaining().is_zero() {
+                        info!("the lock expired while the job was stopped; the command is not continued");
+                    } else {
+                        terminal.continue_command(pid);
+                    }
+                }
+            }
         }
     };
     let released = guard.release().await;

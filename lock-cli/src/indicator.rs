@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use distlock::Locks;
-use tokio::time::{Instant, interval};
+use tokio::time::{Instant, interval_at};
 
 /// Redraws one status line on stderr every second while the future it is
 /// raced against runs, when stderr is a terminal; does nothing otherwise.
@@ -14,7 +14,9 @@ pub async fn show_waiting(locks: &Locks, key: &str) {
         return std::future::pending().await;
     }
     let started = Instant::now();
-    let mut tick = interval(Duration::from_secs(1));
+    // The first line after a second, so that a lock granted at once draws
+    // nothing.
+    let mut tick = interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     loop {
         tick.tick().await;
         let holder = match locks.inspect(key).await {

@@ -13,6 +13,7 @@ mod exec;
 mod exit;
 mod indicator;
 mod status;
+mod terminal;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,11 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
+    if let cli::Command::Foreground { command } = &cli.command {
+        return ExitCode::from(terminal::exec_in_foreground(command));
+    }
+    // Before the runtime starts its threads: see ForegroundTerminal::detect.
+    let terminal = matches!(cli.command, cli::Command::Exec(_)).then(terminal::ForegroundTerminal::detect).flatten();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -38,8 +44,9 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            cli::Command::Exec(args) => exec::run(args).await,
+            cli::Command::Exec(args) => exec::run(args, terminal).await,
             cli::Command::Status(args) => status::run(args).await,
+            cli::Command::Foreground { .. } => exit::USAGE,
         }
     });
     ExitCode::from(code)
