@@ -50,7 +50,45 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// # }
 /// ```
 pub async fn connect(url: &str) -> Result<Locks, LockError> {
-    let parsed = BackendUrl::parse(url)?;
+    connect_parsed(BackendUrl::parse(url)?).await
+}
+
+/// Like [`connect`], for a client whose locks should live `ttl` without
+/// renewal. The backends whose locks all take the TTL of the client's lease
+/// or session (etcd, ZooKeeper, Consul) get `ttl` as that TTL, unless the URL
+/// sets one itself (`ttl`, or ZooKeeper's `session_timeout`); the backends
+/// where each request chooses (`mem`, `file`) are connected as they are.
+/// Either way, requests with `.ttl(ttl)` then fit
+/// [`Capabilities::ttl_range`](lock_core::Capabilities).
+///
+/// # Errors
+/// As [`connect`]; a TTL the backend cannot apply (etcd: whole seconds, at
+/// least 2 s) is [`LockError::InvalidConfig`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), distlock::LockError> {
+/// use std::time::Duration;
+///
+/// let ttl = Duration::from_secs(5);
+/// let locks = distlock::connect_with_ttl("mem://", ttl).await?;
+/// let guard = locks.lock("jobs/nightly").ttl(ttl).acquire().await?;
+/// assert_eq!(guard.ttl(), ttl);
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn connect_with_ttl(url: &str, ttl: Duration) -> Result<Locks, LockError> {
+    let mut parsed = BackendUrl::parse(url)?;
+    let client_ttl = matches!(parsed.scheme.as_str(), "etcd" | "etcds" | "zk" | "consul" | "consuls");
+    let url_sets_ttl = parsed.params.iter().any(|(name, _)| name == "ttl" || name == "session_timeout");
+    if client_ttl && !url_sets_ttl {
+        parsed.params.push(("ttl".to_owned(), humantime::format_duration(ttl).to_string()));
+    }
+    connect_parsed(parsed).await
+}
+
+async fn connect_parsed(parsed: BackendUrl) -> Result<Locks, LockError> {
     match parsed.scheme.as_str() {
         "mem" => {
             parsed.no_params("mem")?;

@@ -20,7 +20,7 @@
 
 mod connect;
 
-pub use connect::connect;
+pub use connect::{connect, connect_with_ttl};
 pub use lock_core::*;
 
 /// The local file backend, always built.

@@ -57,7 +57,9 @@ pub struct Target {
 pub struct ExecArgs {
     #[command(flatten)]
     pub target: Target,
-    /// How long the lock outlives this process if it stops renewing (e.g. 15s).
+    /// How long the lock outlives this process if it stops renewing (e.g.
+    /// 15s). With etcd, ZooKeeper and Consul it is the TTL of distlock's
+    /// lease or session, unless the backend URL sets one.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
     /// Wait at most this long for the lock (default: forever).

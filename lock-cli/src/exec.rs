@@ -23,7 +23,12 @@ const FORWARDED: [Signal; 6] =
 /// terminal while it runs.
 pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     let key = &args.target.key;
-    let locks = match distlock::connect(&backend_url(&args.target)).await {
+    let url = backend_url(&args.target);
+    let connected = match args.ttl {
+        Some(ttl) => distlock::connect_with_ttl(&url, ttl).await,
+        None => distlock::connect(&url).await,
+    };
+    let locks = match connected {
         Ok(locks) => locks,
         Err(error) => return fail(&error),
     };

@@ -151,6 +151,22 @@ fn exec_runs_against_etcd() {
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "cli/etcd: free");
 }
 
+/// `--ttl` against a backend whose locks take the client's lease TTL: it
+/// becomes that TTL (before, any TTL but the default 15 s was refused with
+/// exit 78), and one etcd cannot apply is refused with a clear message.
+#[test]
+fn ttl_flag_sets_the_etcd_lease_ttl() {
+    let url = std::env::var("DISTLOCK_CLI_ETCD").unwrap_or_else(|_| "etcd://127.0.0.1:2379/distlock-cli-test/".into());
+    let output = run(&url, &["exec", "--key", "cli/etcd-ttl", "--ttl", "3s", "--", "true"]);
+    assert!(
+        output.status.success(),
+        "distlock exec --ttl 3s against {url} failed; is etcd running (`scripts/services start etcd`)? {output:?}"
+    );
+    let fractional = run(&url, &["exec", "--key", "cli/etcd-ttl", "--ttl", "2500ms", "--", "true"]);
+    assert_eq!(fractional.status.code(), Some(78), "{fractional:?}");
+    assert!(String::from_utf8_lossy(&fractional.stderr).contains("whole seconds"), "{fractional:?}");
+}
+
 /// Against ZooKeeper: `DISTLOCK_CLI_ZK`, by default the local ZooKeeper that
 /// `scripts/services start zk` runs.
 #[test]
