@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             invalid_input_rejected_before_network,
             one_client_holds_many_locks,
             waiters_served_in_order,
+            waiter_giving_up_ahead_lets_no_one_in,
             unreachable_endpoint_is_unavailable
         );
     };

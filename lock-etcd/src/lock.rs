@@ -238,9 +238,10 @@ impl EtcdLock {
                 .with_prefix()
                 .with_sort(SortTarget::Create, SortOrder::Descend)
                 .with_max_create_revision(revision - 1)
-                .with_limit(1)
+                .with_limit(2)
                 .with_keys_only();
-            // One snapshot: the contender just before us, and our own key.
+            // One snapshot: the (up to two) contenders just before us, and
+            // our own key.
             let read = Txn::new().and_then([
                 TxnOp::get(prefix.clone(), Some(predecessor)),
                 TxnOp::get(contender, Some(GetOptions::new().with_keys_only())),
@@ -254,22 +255,18 @@ impl EtcdLock {
                 return Err(lost(key, reason));
             }
             let Some(before) = first_kv(&responses, 0) else { return Ok(()) };
+            // When the predecessor is the only contender before us, its end
+            // is our turn: keys written later have higher create revisions,
+            // so nothing can come before us again, and no read is needed to
+            // confirm it. This is every hand-off from a holder to the next
+            // waiter; the waiters further back read again as before.
+            let next_in_line = contenders_before(&responses) == 1;
             let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
             let (before_revision, before) = (before.create_revision(), before.key().to_vec());
             let mut turn = self.hub.deletion_from_now(before.clone());
             tokio::select! {
-                _ = async {
-                    // Created after writes we have not seen: the predecessor
-                    // may be gone already, its deletion before the watch. Its
-                    // key may even be back, written anew by the same lease
-                    // (behind us now), so compare the incarnation, not the name.
-                    if turn.created().await.is_some_and(|created| created > seen_at)
-                        && self.create_revision(key, &before).await.ok() != Some(Some(before_revision))
-                    {
-                        return;
-                    }
-                    turn.ended().await;
-                } => {}
+                // Our own key's end first, when both are known.
+                biased;
                 end = own.ended() => {
                     if end == Some(WatchEnd::Deleted) {
                         return Err(lost(key, LostReason::Revoked));
@@ -279,6 +276,26 @@ impl EtcdLock {
                 _ = session.ended().fired() => return Err(lost(key, LostReason::SessionEnded)),
                 () = lock_core::deadline_passed(deadline) => {
                     return Err(LockError::timeout(BACKEND, key, started));
+                }
+                predecessor_gone = async {
+                    // Created after writes we have not seen: the predecessor
+                    // may be gone already, its deletion before the watch. Its
+                    // key may even be back, written anew by the same lease
+                    // (behind us now), so compare the incarnation, not the name.
+                    if turn.created().await.is_some_and(|created| created > seen_at) {
+                        match self.create_revision(key, &before).await {
+                            Ok(Some(current)) if current == before_revision => {}
+                            Ok(_) => return true,
+                            Err(_) => return false,
+                        }
+                    }
+                    turn.ended().await == Some(WatchEnd::Deleted)
+                } => {
+                    // Otherwise (not known gone: a compaction, a failed
+                    // check, the hub stopping) read again.
+                    if next_in_line && predecessor_gone {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -445,6 +462,15 @@ fn first_kv(responses: &[etcd_client::TxnOpResponse], index: usize) -> Option<&K
     match responses.get(index)? {
         etcd_client::TxnOpResponse::Get(get) => get.kvs().first(),
         _ => None,
+    }
+}
+
+/// How many keys the first read of a snapshot returned. (Not its `count`:
+/// etcd counts the whole range before the create-revision filter.)
+fn contenders_before(responses: &[etcd_client::TxnOpResponse]) -> usize {
+    match responses.first() {
+        Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs().len(),
+        _ => 0,
     }
 }
 

@@ -163,3 +163,43 @@ pub async fn waiters_served_in_order(h: std::sync::Arc<dyn Harness>) {
     }
     assert_clean(h, ns.prefix(), "after the queue drained").await;
 }
+
+/// Case 20: A waiter that gives up while another waits behind it lets no one
+/// in: the one behind is granted by the holder's release, not by the gap.
+/// (A queue recipe that took "the contender before me is gone" for "my
+/// turn" would grant it while the holder still holds.)
+pub async fn waiter_giving_up_ahead_lets_no_one_in(h: std::sync::Arc<dyn Harness>) {
+    let h = &*h;
+    let ns = Namespace::new();
+    let key = ns.key("gap");
+    let (holder, ahead, behind) = (h.client().await, h.client().await, h.client().await);
+    let fifo = holder.locks.capabilities().fifo;
+    let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
+    let waiter = |client: &crate::TestClient, owner: &str| {
+        let (locks, key, opts) = (client.locks.clone(), key.clone(), options(h, owner));
+        tokio::spawn(async move { locks.acquire(&key, &opts, Some(Instant::now() + STEP)).await })
+    };
+    let giving_up = waiter(&ahead, "ahead");
+    await_waiters(h, &holder.locks, ns.prefix(), 2).await;
+    let waiting = waiter(&behind, "behind");
+    await_waiters(h, &holder.locks, ns.prefix(), 3).await;
+    // Registered is not yet watching: give the one behind time to look at
+    // who is ahead of it.
+    sleep(GRACE / 10).await;
+    giving_up.abort();
+    assert!(giving_up.await.is_err_and(|e| e.is_cancelled()), "[{}] the waiter ahead was granted", h.name());
+    let_abandoned_requests_land().await;
+    if fifo {
+        await_leftover(h, ns.prefix(), 2, "the waiter ahead withdrew").await;
+    }
+    // Time for a wrongly woken waiter to be granted.
+    sleep(GRACE / 4).await;
+    assert!(!waiting.is_finished(), "[{}] the waiter behind was granted while the lock was held", h.name());
+    let holding = ok(h, "inspect", holder.locks.inspect(&key).await).map(|info| info.token);
+    assert_eq!(holding, Some(guard.token()), "[{}] the holder no longer holds", h.name());
+    release(h, guard).await;
+    let granted = within(h, "waiter behind woken by release", h.ttl(), waiting).await;
+    let granted = ok(h, "waiter's acquire", granted.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    release(h, granted).await;
+    assert_clean(h, ns.prefix(), "after the gap closed").await;
+}
