@@ -139,7 +139,8 @@ impl ZkLock {
         name: &str,
         deadline: Option<Instant>,
         started: Instant,
-    ) -> Result<(), LockError> {
+    ) -> Result<Waited, LockError> {
+        let mut waited = Waited::AtOnce;
         loop {
             match self.turn(key, session, dir, name, deadline, started).await {
                 // Disconnected, but the session may live on (Curator's
@@ -152,10 +153,12 @@ impl ZkLock {
                         () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
                     }
                 }
-                Ok(Turn::Mine) => return Ok(()),
+                Ok(Turn::Mine) => return Ok(waited),
+                Ok(Turn::Succeeded) => return Ok(Waited::AfterWaiting),
                 Ok(Turn::NotYet) => {}
                 Err(error) => return Err(error),
             }
+            waited = Waited::AfterWaiting;
         }
     }
 
@@ -177,30 +180,47 @@ impl ZkLock {
             return Err(LockError::lost(BACKEND, key, reason));
         };
         let Some(before) = position.checked_sub(1).and_then(|i| contenders.get(i)) else { return Ok(Turn::Mine) };
+        // With one contender before us, its end is our turn: nodes created
+        // later get higher sequence numbers (the directory cannot be reaped
+        // and re-created while our node is in it), so no listing is needed to
+        // confirm it. This is every hand-off from a holder to the next
+        // waiter. The grant then reads our own node, which also proves it
+        // still exists.
+        let next_in_line = position == 1;
+        let turn_when_gone = if next_in_line { Turn::Succeeded } else { Turn::NotYet };
         let before = format!("{dir}/{before}");
         let (stat, watcher) = self.call(key, "watch predecessor", session.client.check_and_watch_stat(&before)).await?;
         if stat.is_none() {
-            return Ok(Turn::NotYet);
+            return Ok(turn_when_gone);
         }
         tokio::select! {
-            _ = watcher.changed() => Ok(Turn::NotYet),
+            event = watcher.changed() => {
+                Ok(if event.event_type == EventType::NodeDeleted { turn_when_gone } else { Turn::NotYet })
+            }
             _ = session.ended().fired() => Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
             () = lock_core::deadline_passed(deadline) => Err(LockError::timeout(BACKEND, key, started)),
         }
     }
 
-    /// Reads the node's stat, and turns the granted node into a lease.
-    async fn grant(
+    /// Reads `path`'s stat and sets a watch on it, in one request; with the
+    /// time the request was sent.
+    async fn read_node(&self, key: &LockKey, session: &Session, path: &str) -> Result<(NodeRead, Instant), LockError> {
+        let sent = Instant::now();
+        Ok((self.call(key, "read lock node", session.client.check_and_watch_stat(path)).await?, sent))
+    }
+
+    /// Turns the granted node into a lease, with `read`: the node's stat (the
+    /// token) and its loss watch, from one request. `sent`: when that request
+    /// was sent.
+    fn grant(
         &self,
         key: &LockKey,
         options: &LockOptions,
         session: Arc<Session>,
         path: String,
+        (read, sent): (NodeRead, Instant),
     ) -> Result<Lease, LockError> {
-        let sent = Instant::now();
-        // One request reads the token and sets the loss watch.
-        let watched = self.call(key, "read lock node", session.client.check_and_watch_stat(&path)).await?;
-        let (Some(stat), watcher) = watched else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
+        let (Some(stat), watcher) = read else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
         let loss = LossSignal::new();
         let stop = CancellationToken::new();
         tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
@@ -277,9 +297,22 @@ async fn delete_until_gone(session: Arc<Session>, path: String) {
 
 /// What one look at the queue found.
 enum Turn {
+    /// Ours at this look: no contender before us.
     Mine,
+    /// Ours after waiting: the only contender before us has gone.
+    Succeeded,
+    /// Look again.
     NotYet,
 }
+
+/// Whether the lock was free at the first look at the queue.
+enum Waited {
+    AtOnce,
+    AfterWaiting,
+}
+
+/// A node's stat (`None`: no such node) and the watch set on it.
+type NodeRead = (Option<Stat>, zookeeper_client::OneshotWatcher);
 
 fn grant_of(lease: &Lease) -> Result<&ZkGrant, LockError> {
     lease.backend_data_for::<ZkGrant>(BACKEND)
@@ -319,11 +352,25 @@ impl DistributedLock for ZkLock {
         let started = Instant::now();
         let (session, mut attempt, path) = self.enter(key, options).await?;
         let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        // Sent before the queue is listed and answered in the same round
+        // trip: when the lock is free at once, the grant needs no request of
+        // its own.
+        let reader = Arc::clone(&session);
+        let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
         match self.wait_for_turn(key, &session, &attempt.dir, &name, deadline, started).await {
-            Ok(()) => {
+            Ok(waited) => {
+                let read = match waited {
+                    Waited::AtOnce => (self.call(key, "read lock node", early_read).await?, sent),
+                    // Read again after a wait: it also proves our node
+                    // outlived the wait.
+                    Waited::AfterWaiting => {
+                        drop(early_read);
+                        self.read_node(key, &session, &path).await?
+                    }
+                };
                 // Disarmed only once the lease exists: dropped during the
                 // grant's read, the attempt still deletes its node.
-                let lease = self.grant(key, options, session, path).await?;
+                let lease = self.grant(key, options, session, path, read)?;
                 attempt.disarm();
                 Ok(lease)
             }
@@ -342,13 +389,18 @@ impl DistributedLock for ZkLock {
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
         let (session, mut attempt, path) = self.enter(key, options).await?;
         let name = path.rsplit('/').next().unwrap_or_default();
+        // Both requests in one round trip, as in `acquire`.
+        let reader = Arc::clone(&session);
+        let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
         let children = self.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?;
         let lowest = children.iter().filter_map(|child| sequence(child)).min();
         if lowest.is_some() && lowest == sequence(name) {
-            let lease = self.grant(key, options, session, path).await?;
+            let read = (self.call(key, "read lock node", early_read).await?, sent);
+            let lease = self.grant(key, options, session, path, read)?;
             attempt.disarm();
             return Ok(Some(lease));
         }
+        drop(early_read);
         attempt.withdraw(self.config.request_timeout_value()).await;
         Ok(None)
     }
