@@ -3,8 +3,10 @@
 //! The command runs in a process group of its own (so that a lost lock stops
 //! all of it), and only the terminal's foreground process group may read the
 //! terminal: a background reader is stopped by SIGTTIN. So when distlock runs
-//! in the foreground of a terminal, the command's group is made the
-//! foreground group for as long as it runs, as a shell does for a job:
+//! in the foreground of its controlling terminal (`/dev/tty`, whatever its
+//! standard input is: a command may prompt on `/dev/tty` itself, as ssh and
+//! sudo do), the command's group is made the foreground group for as long as
+//! it runs, as a shell does for a job:
 //!
 //! - the command is started through `distlock __foreground -- CMD`, which
 //!   makes its own (new) group the foreground group and then becomes CMD, so
@@ -22,7 +24,7 @@
 //! [`ForegroundTerminal::detect`]): changing the foreground group, or writing
 //! a message, from the background must not stop it.
 
-use std::io::IsTerminal;
+use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 
@@ -46,16 +48,23 @@ fn mask_terminal_stops(how: SigmaskHow) {
     }
 }
 
-/// The terminal on standard input, while distlock's process group is its
+/// The controlling terminal, while distlock's process group is its
 /// foreground group.
 #[derive(Debug)]
 pub struct ForegroundTerminal {
+    tty: File,
     own_group: Pid,
 }
 
+/// The controlling terminal, if the process has one.
+fn controlling_terminal() -> Option<File> {
+    File::options().read(true).write(true).open("/dev/tty").ok()
+}
+
 impl ForegroundTerminal {
-    /// The terminal, if standard input is one and distlock is in its
-    /// foreground; `None` otherwise (a pipe, a file, a background job).
+    /// The controlling terminal, if distlock has one and is in its
+    /// foreground; `None` otherwise (no terminal, as under CI or a service
+    /// manager, or a background job).
     ///
     /// When there is one, SIGTTOU is blocked from then on, so that moving
     /// the foreground, or writing a message, from the background does not
@@ -64,15 +73,12 @@ impl ForegroundTerminal {
     /// again (see [`exec_in_foreground`]). Without a terminal nothing is
     /// blocked, and the command is started directly.
     pub fn detect() -> Option<Self> {
-        let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            return None;
-        }
+        let tty = controlling_terminal()?;
         let own_group = getpgrp();
-        match tcgetpgrp(stdin.as_fd()) {
+        match tcgetpgrp(tty.as_fd()) {
             Ok(foreground) if foreground == own_group => {
                 mask_terminal_stops(SigmaskHow::SIG_BLOCK);
-                Some(Self { own_group })
+                Some(Self { tty, own_group })
             }
             _ => None,
         }
@@ -80,12 +86,12 @@ impl ForegroundTerminal {
 
     /// Whether distlock's own group is the foreground group right now.
     fn is_ours(&self) -> bool {
-        tcgetpgrp(std::io::stdin().as_fd()).is_ok_and(|group| group == self.own_group)
+        tcgetpgrp(self.tty.as_fd()).is_ok_and(|group| group == self.own_group)
     }
 
     /// Makes distlock's own group the foreground group again.
     pub fn take_back(&self) {
-        if let Err(error) = tcsetpgrp(std::io::stdin().as_fd(), self.own_group) {
+        if let Err(error) = tcsetpgrp(self.tty.as_fd(), self.own_group) {
             warn!(%error, "cannot take the terminal back from the command");
         }
     }
@@ -116,7 +122,7 @@ impl ForegroundTerminal {
     /// background (`bg`) it runs without it.
     pub fn continue_command(&self, command: Pid) {
         if self.is_ours()
-            && let Err(error) = tcsetpgrp(std::io::stdin().as_fd(), command)
+            && let Err(error) = tcsetpgrp(self.tty.as_fd(), command)
         {
             warn!(%error, "cannot hand the terminal back to the command");
         }
@@ -131,9 +137,8 @@ impl ForegroundTerminal {
 /// Returns only when CMD cannot be run, with the exit code to use.
 pub fn exec_in_foreground(command: &[String]) -> u8 {
     let Some((program, arguments)) = command.split_first() else { return exit::USAGE };
-    let stdin = std::io::stdin();
-    if stdin.is_terminal()
-        && let Err(error) = tcsetpgrp(stdin.as_fd(), getpgrp())
+    if let Some(tty) = controlling_terminal()
+        && let Err(error) = tcsetpgrp(tty.as_fd(), getpgrp())
     {
         debug!(%error, "cannot take the terminal's foreground");
     }

@@ -103,6 +103,25 @@ fn the_command_can_read_the_terminal() {
 }
 
 #[test]
+fn the_command_can_prompt_on_dev_tty_with_stdin_redirected() {
+    let (dir, url) = workspace("devtty");
+    let (ready, read) = (dir.join("ready"), dir.join("read"));
+    // As ssh and sudo do: the prompt goes to the controlling terminal, not
+    // to standard input, which here is /dev/null.
+    let command = format!(
+        "sh -c 'echo ready > {}; read line < /dev/tty; echo \"got $line\" > {}'",
+        ready.display(),
+        read.display()
+    );
+    let line = format!("{DISTLOCK} exec --backend {url} --key tty -- {command} < /dev/null");
+    let mut terminal = Terminal::run(&line);
+    wait_for_contents(&ready, "the command did not start");
+    terminal.type_keys(b"hello\n");
+    assert_eq!(wait_for_contents(&read, "the command could not read /dev/tty"), "got hello");
+    assert!(terminal.finish().success());
+}
+
+#[test]
 fn ctrl_z_suspends_distlock_with_the_command_and_fg_resumes_both() {
     let (dir, url) = workspace("suspend");
     let (ready, read, job) = (dir.join("ready"), dir.join("read"), dir.join("job"));
