@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_core::LockError;
+use lock_core::{ClientTimeouts, LockError};
 
 use crate::BACKEND;
 use crate::layout::check_prefix;
@@ -55,8 +55,7 @@ pub struct ConsulConfig {
     prefix: String,
     session_ttl: Duration,
     lock_delay: Option<Duration>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    timeouts: ClientTimeouts,
 }
 
 impl ConsulConfig {
@@ -73,8 +72,7 @@ impl ConsulConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             session_ttl: Duration::from_secs(15),
             lock_delay: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
+            timeouts: ClientTimeouts::DEFAULT,
         }
     }
 
@@ -131,13 +129,19 @@ impl ConsulConfig {
 
     /// How long to wait for a connection.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.timeouts.connect = timeout;
         self
     }
 
     /// How long to wait for each request (blocking queries add their wait).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.timeouts.request = timeout;
+        self
+    }
+
+    /// Both timeouts at once.
+    pub fn timeouts(mut self, timeouts: ClientTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -183,12 +187,17 @@ impl ConsulConfig {
 
     /// The connect timeout.
     pub fn connect_timeout_value(&self) -> Duration {
-        self.connect_timeout
+        self.timeouts.connect
     }
 
     /// The request timeout.
     pub fn request_timeout_value(&self) -> Duration {
-        self.request_timeout
+        self.timeouts.request
+    }
+
+    /// Both timeouts.
+    pub fn timeouts_value(&self) -> ClientTimeouts {
+        self.timeouts
     }
 
     /// Checks the configuration without connecting. The server's own TTL
@@ -224,9 +233,7 @@ impl ConsulConfig {
         if self.lock_delay.is_some_and(|d| d > Duration::from_secs(60)) {
             return invalid(format!("lock delay {:?} is over Consul's limit of 60s", self.lock_delay));
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return invalid("connect and request timeouts must be positive".to_owned());
-        }
+        self.timeouts.validate(BACKEND)?;
         Ok(())
     }
 }
@@ -241,8 +248,7 @@ impl std::fmt::Debug for ConsulConfig {
             .field("prefix", &self.prefix)
             .field("session_ttl", &self.session_ttl)
             .field("lock_delay", &self.lock_delay)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
+            .field("timeouts", &self.timeouts)
             .finish()
     }
 }

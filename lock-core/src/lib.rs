@@ -34,6 +34,7 @@ mod local;
 mod memory;
 mod options;
 mod renewal;
+mod timeouts;
 mod token;
 
 pub use backend::{DistributedLock, deadline_passed};
@@ -46,4 +47,5 @@ pub use lease::{Lease, LockInfo, LossSignal};
 pub use memory::{MemoryLock, MemoryStore};
 pub use options::{LockOptions, MAX_OWNER_BYTES, default_owner};
 pub use renewal::SharedRenewal;
+pub use timeouts::ClientTimeouts;
 pub use token::FencingToken;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_core::LockError;
+use lock_core::{ClientTimeouts, LockError};
 
 use crate::BACKEND;
 
@@ -31,8 +31,7 @@ pub struct EtcdConfig {
     endpoints: Vec<String>,
     namespace: String,
     lease_ttl: Duration,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    timeouts: ClientTimeouts,
     user: Option<(String, String)>,
     tls: Option<EtcdTls>,
 }
@@ -59,8 +58,7 @@ impl EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             namespace: "distlock/".to_owned(),
             lease_ttl: Duration::from_secs(15),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
+            timeouts: ClientTimeouts::DEFAULT,
             user: None,
             tls: None,
         }
@@ -88,13 +86,19 @@ impl EtcdConfig {
 
     /// How long to wait for a connection.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.timeouts.connect = timeout;
         self
     }
 
     /// How long to wait for each request.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.timeouts.request = timeout;
+        self
+    }
+
+    /// Both timeouts at once.
+    pub fn timeouts(mut self, timeouts: ClientTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -127,12 +131,17 @@ impl EtcdConfig {
 
     /// The connect timeout.
     pub fn connect_timeout_value(&self) -> Duration {
-        self.connect_timeout
+        self.timeouts.connect
     }
 
     /// The request timeout.
     pub fn request_timeout_value(&self) -> Duration {
-        self.request_timeout
+        self.timeouts.request
+    }
+
+    /// Both timeouts.
+    pub fn timeouts_value(&self) -> ClientTimeouts {
+        self.timeouts
     }
 
     pub(crate) fn user_value(&self) -> Option<&(String, String)> {
@@ -158,9 +167,7 @@ impl EtcdConfig {
         if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_nanos() != 0 {
             return invalid(format!("lease TTL must be whole seconds, at least 2 s; got {:?}", self.lease_ttl));
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return invalid("timeouts must be positive".to_owned());
-        }
+        self.timeouts.validate(BACKEND)?;
         Ok(())
     }
 }

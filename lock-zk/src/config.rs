@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lock_core::LockError;
+use lock_core::{ClientTimeouts, LockError};
 
 use crate::BACKEND;
 
@@ -28,8 +28,7 @@ pub struct ZkConfig {
     hosts: String,
     base_path: String,
     session_timeout: Duration,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    timeouts: ClientTimeouts,
     digest: Option<(String, String)>,
 }
 
@@ -42,8 +41,7 @@ impl ZkConfig {
             hosts: hosts.into(),
             base_path: "/distlock".to_owned(),
             session_timeout: Duration::from_secs(15),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
+            timeouts: ClientTimeouts::DEFAULT,
             digest: None,
         }
     }
@@ -68,13 +66,19 @@ impl ZkConfig {
 
     /// How long to wait for a connection.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.timeouts.connect = timeout;
         self
     }
 
     /// How long to wait for each request.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.timeouts.request = timeout;
+        self
+    }
+
+    /// Both timeouts at once.
+    pub fn timeouts(mut self, timeouts: ClientTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -102,12 +106,17 @@ impl ZkConfig {
 
     /// The connect timeout.
     pub fn connect_timeout_value(&self) -> Duration {
-        self.connect_timeout
+        self.timeouts.connect
     }
 
     /// The request timeout.
     pub fn request_timeout_value(&self) -> Duration {
-        self.request_timeout
+        self.timeouts.request
+    }
+
+    /// Both timeouts.
+    pub fn timeouts_value(&self) -> ClientTimeouts {
+        self.timeouts
     }
 
     pub(crate) fn digest_value(&self) -> Option<&(String, String)> {
@@ -129,6 +138,20 @@ impl ZkConfig {
         if self.session_timeout < Duration::from_millis(100) {
             return invalid(format!("session timeout {:?} is too short", self.session_timeout));
         }
-        Ok(())
+        self.timeouts.validate(BACKEND)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_zero_timeouts_and_bad_paths() {
+        assert!(ZkConfig::new("127.0.0.1:2181").validate().is_ok());
+        let zero = ZkConfig::new("127.0.0.1:2181").request_timeout(Duration::ZERO);
+        assert!(matches!(zero.validate(), Err(LockError::InvalidConfig { .. })));
+        assert!(ZkConfig::new("127.0.0.1:2181").base_path("relative").validate().is_err());
+        assert!(ZkConfig::new("").validate().is_err());
     }
 }
