@@ -84,6 +84,41 @@ async fn contend(locks: Locks, key: LockKey, until: Instant, log: Arc<Mutex<Vec<
     }
 }
 
+/// Restarts a cluster of `scripts/services` (`run/{service}-cluster`) when
+/// dropped, after a test
+/// killed one of its members: the next run (of this or another failover
+/// test) then finds the whole cluster, not one that lost its quorum to the
+/// second kill. Runs on panic too.
+#[derive(Debug)]
+pub struct ClusterRepair {
+    service: &'static str,
+}
+
+impl ClusterRepair {
+    /// Repairs the cluster of `service` (`etcd`, `zk` or `consul`) on drop.
+    pub fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl Drop for ClusterRepair {
+    fn drop(&mut self) {
+        // Only a cluster this project's script runs (and the test could kill).
+        let run_dir = crate::services_dir().join("run").join(format!("{}-cluster", self.service));
+        if !run_dir.is_dir() {
+            return;
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
+        let status = std::process::Command::new(&script)
+            .args(["start", self.service, "--cluster"])
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!(service = self.service, ?status, "could not restart the cluster after the failover test");
+        }
+    }
+}
+
 /// Kills the service member whose PID file is `run/{dir}/{member}.pid` under
 /// the services directory, with SIGKILL.
 ///

@@ -67,6 +67,8 @@ async fn leader_killed_while_held_keeps_exclusion_and_recovers() {
         clients.push(Locks::new(lock));
     }
     let key = Namespace::new().key("failover");
+    // The kill leaves two members; restart all three afterwards.
+    let _repair = failover::ClusterRepair::new("etcd");
     let kill = || failover::kill_member("etcd-cluster", MEMBERS[victim]);
     let report = failover::contend_through_failover(clients, key, kill, RECOVERY_BOUND).await;
     println!("leader {} killed: {report:?}", MEMBERS[victim]);
