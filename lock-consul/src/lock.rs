@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LostReason,
+    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions,
+    LostReason, SessionSlot,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT, TxnKv, TxnOutcome};
 use crate::claims::{Claim, Claims};
 use crate::monitor::{Held, Monitors};
-use crate::session::{Session, Sessions};
+use crate::session::Session;
 use crate::{BACKEND, ConsulConfig, error, native_lock_key};
 
 /// The `Flags` value `api.Lock` gives its lock keys (`LockFlagValue` in
@@ -59,7 +60,7 @@ pub const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
 pub struct ConsulLock {
     config: ConsulConfig,
     api: Api,
-    sessions: Sessions,
+    sessions: SessionSlot<Session>,
     claims: Claims,
     monitors: Monitors,
 }
@@ -134,8 +135,8 @@ impl ConsulLock {
         config.validate()?;
         let api = Api::new(&config).map_err(|e| error::map(None, e))?;
         let monitors = Monitors::new(api.clone(), config.prefix_value().to_owned());
-        let lock = Self { config, api, sessions: Sessions::default(), claims: Claims::default(), monitors };
-        lock.sessions.get(&lock.api, &lock.config, None).await?;
+        let lock = Self { config, api, sessions: SessionSlot::default(), claims: Claims::default(), monitors };
+        lock.session(None).await?;
         Ok(lock)
     }
 
@@ -153,6 +154,12 @@ impl ConsulLock {
     /// connection pool, for the application's own KV or catalog calls.
     pub fn consul(&self) -> &rs_consul::Consul {
         self.api.consul()
+    }
+
+    /// The client's live session, creating a new one when Consul has
+    /// invalidated the last (or there was none).
+    async fn session(&self, key: Option<&LockKey>) -> Result<Arc<Session>, LockError> {
+        self.sessions.get_or_start(|| Session::start(&self.api, &self.config, key)).await
     }
 
     fn lock_value(&self, key: &LockKey, holder: &Holder) -> Result<Vec<u8>, LockError> {
@@ -410,7 +417,7 @@ impl DistributedLock for ConsulLock {
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let claim =
             self.claims.claim(&kv_key, deadline).await.ok_or_else(|| LockError::timeout(BACKEND, key, started))?;
-        let mut session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+        let mut session = self.session(Some(key)).await?;
         let mut seen: Option<KvEntry> = None;
         let mut delay_pause = Duration::from_millis(100);
         let mut answered = false;
@@ -449,7 +456,7 @@ impl DistributedLock for ConsulLock {
                 Step::SessionGone if !waited && !renewed_session => {
                     debug!(%key, "the session had ended; creating a new one");
                     renewed_session = true;
-                    session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+                    session = self.session(Some(key)).await?;
                 }
                 Step::SessionGone => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
             }
@@ -463,7 +470,7 @@ impl DistributedLock for ConsulLock {
         self.check_options(options)?;
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let Some(claim) = self.claims.try_claim(&kv_key) else { return Ok(None) };
-        let mut session = self.sessions.get(&self.api, &self.config, Some(key)).await?;
+        let mut session = self.session(Some(key)).await?;
         let mut seen: Option<KvEntry> = None;
         // The fast path, then at most one retry against a key that exists
         // unlocked (an api.Lock leftover, or a stale key of our session), or
@@ -475,7 +482,7 @@ impl DistributedLock for ConsulLock {
                 }
                 Step::Held(_) | Step::LockDelay => return Ok(None),
                 Step::Retry(entry) => seen = entry,
-                Step::SessionGone => session = self.sessions.get(&self.api, &self.config, Some(key)).await?,
+                Step::SessionGone => session = self.session(Some(key)).await?,
             }
         }
         Ok(None)

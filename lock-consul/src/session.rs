@@ -6,8 +6,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use lock_core::{LockError, LockKey, LossSignal, LostReason, SharedRenewal};
-use tokio::sync::Mutex;
+use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, info_span, warn};
@@ -27,7 +26,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    async fn start(api: &Api, config: &ConsulConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
+    pub(crate) async fn start(api: &Api, config: &ConsulConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
         let name = format!("distlock {}", lock_core::default_owner());
         let sent = Instant::now();
         let id = match api.create_session(&name, config.session_ttl_value(), config.lock_delay_value()).await {
@@ -60,11 +59,6 @@ impl Session {
     /// than this one (`None`: the key is free).
     pub(crate) fn held_by_other(&self, holder: Option<&str>) -> bool {
         holder.is_some_and(|holder| holder != self.id)
-    }
-
-    /// Fires when Consul has invalidated the session.
-    pub(crate) fn ended(&self) -> &LossSignal {
-        &self.ended
     }
 
     /// The session TTL: the TTL of every lock.
@@ -150,36 +144,9 @@ async fn watch(session: Weak<Session>, api: Api) {
     }
 }
 
-/// The client's current session.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    current: Mutex<Option<Arc<Session>>>,
-}
-
-impl Sessions {
-    /// The live session, creating a new one when there is none.
-    pub(crate) async fn get(
-        &self,
-        api: &Api,
-        config: &ConsulConfig,
-        key: Option<&LockKey>,
-    ) -> Result<Arc<Session>, LockError> {
-        let mut current = self.current.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| !s.ended.is_fired()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::start(api, config, key).await?;
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-
-    /// The session, if one is open.
-    pub(crate) async fn current(&self) -> Option<Arc<Session>> {
-        self.current.lock().await.clone()
-    }
-
-    /// The session without waiting, if one is open and not being replaced.
-    pub(crate) fn current_now(&self) -> Option<Arc<Session>> {
-        self.current.try_lock().ok().and_then(|c| c.clone())
+impl ClientSession for Session {
+    /// Fires when Consul has invalidated the session.
+    fn ended(&self) -> &LossSignal {
+        &self.ended
     }
 }

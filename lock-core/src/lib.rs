@@ -34,6 +34,7 @@ mod local;
 mod memory;
 mod options;
 mod renewal;
+mod session_slot;
 mod timeouts;
 mod token;
 
@@ -47,5 +48,6 @@ pub use lease::{Lease, LockInfo, LossSignal};
 pub use memory::{MemoryLock, MemoryStore};
 pub use options::{LockOptions, MAX_OWNER_BYTES, default_owner};
 pub use renewal::SharedRenewal;
+pub use session_slot::{ClientSession, SessionSlot};
 pub use timeouts::ClientTimeouts;
 pub use token::FencingToken;

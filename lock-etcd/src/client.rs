@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
-use lock_core::{LockError, LockKey, LossSignal, LostReason};
-use tokio::sync::{Mutex, watch};
+use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug, info_span, warn};
@@ -76,14 +76,20 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Grants a lease of `ttl` and starts keeping it alive.
-    async fn start(client: &Client, ttl: Duration, request_timeout: Duration) -> Result<Arc<Self>, LockError> {
+    /// Grants a lease of `ttl` and starts keeping it alive. `key`: the lock
+    /// the lease is first wanted for, named in errors.
+    pub(crate) async fn start(
+        client: &Client,
+        ttl: Duration,
+        request_timeout: Duration,
+        key: Option<&LockKey>,
+    ) -> Result<Arc<Self>, LockError> {
         let sent = Instant::now();
         let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
         let granted = timeout(request_timeout, client.lease_client().grant(ttl_secs, None))
             .await
-            .map_err(|_| error::timed_out(None, "lease grant", request_timeout))?
-            .map_err(|e| error::map(None, e))?;
+            .map_err(|_| error::timed_out(key, "lease grant", request_timeout))?
+            .map_err(|e| error::map(key, e))?;
         if granted.ttl() != ttl_secs {
             // etcd raises TTLs below its minimum without saying so.
             let _ = client.lease_client().revoke(granted.id()).await;
@@ -108,10 +114,6 @@ impl Session {
 
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
-    }
-
-    pub(crate) fn ended(&self) -> &LossSignal {
-        &self.ended
     }
 
     /// When the last confirmed keep-alive was sent.
@@ -189,42 +191,8 @@ async fn lease_gone(client: &Client, id: i64, limit: Duration) -> bool {
     matches!(timeout(limit, client.lease_client().time_to_live(id, None)).await, Ok(Ok(lease)) if lease.ttl() <= 0)
 }
 
-/// The client's current session, replaced when etcd ends it.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    current: Mutex<Option<Arc<Session>>>,
-}
-
-impl Sessions {
-    /// The live session, granting a new lease when there is none.
-    pub(crate) async fn get(
-        &self,
-        client: &Client,
-        ttl: Duration,
-        request_timeout: Duration,
-        key: Option<&LockKey>,
-    ) -> Result<Arc<Session>, LockError> {
-        let mut current = self.current.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| !s.ended.is_fired()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::start(client, ttl, request_timeout).await.map_err(|e| match e {
-            LockError::Unavailable { source, .. } => {
-                LockError::Unavailable { backend: crate::BACKEND, key: key.cloned(), source }
-            }
-            other => other,
-        })?;
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-
-    /// The live session, if any, without creating one.
-    pub(crate) async fn current(&self) -> Option<Arc<Session>> {
-        self.current.lock().await.clone()
-    }
-
-    /// The session, if any, when nobody is creating one right now.
-    pub(crate) fn try_current(&self) -> Result<Option<Arc<Session>>, tokio::sync::TryLockError> {
-        Ok(self.current.try_lock()?.clone())
+impl ClientSession for Session {
+    fn ended(&self) -> &LossSignal {
+        &self.ended
     }
 }

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex as StdMutex};
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use lock_core::{
-    Capabilities, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal,
-    LostReason,
+    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions,
+    LossSignal, LostReason, SessionSlot,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::client::{Session, Sessions, connect};
+use crate::client::{Session, connect};
 use crate::layout::{contender_key, contenders_prefix};
 use crate::watch::{WatchEnd, WatchHub};
 use crate::{BACKEND, EtcdConfig, error};
@@ -44,7 +44,7 @@ use crate::{BACKEND, EtcdConfig, error};
 pub struct EtcdLock {
     client: Client,
     config: EtcdConfig,
-    sessions: Sessions,
+    sessions: SessionSlot<Session>,
     hub: Arc<WatchHub>,
     /// Deletions of cancelled attempts' keys still in flight, by etcd key; a
     /// new attempt on the same key waits for them.
@@ -80,7 +80,7 @@ impl EtcdLock {
         let client = connect(&config).await?;
         let sentinel = format!("{}\u{0}watch-sentinel", config.namespace_value()).into_bytes();
         let hub = WatchHub::start(client.clone(), sentinel);
-        Ok(Self { client, config, sessions: Sessions::default(), hub, cleanups: Arc::default() })
+        Ok(Self { client, config, sessions: SessionSlot::default(), hub, cleanups: Arc::default() })
     }
 
     /// The configuration this client was built with.
@@ -95,7 +95,7 @@ impl EtcdLock {
 
     async fn session(&self, key: &LockKey) -> Result<Arc<Session>, LockError> {
         let (ttl, limit) = (self.config.lease_ttl_value(), self.config.request_timeout_value());
-        self.sessions.get(&self.client, ttl, limit, Some(key)).await
+        self.sessions.get_or_start(|| Session::start(&self.client, ttl, limit, Some(key))).await
     }
 
     /// Runs one request with the request timeout, mapping its error.
@@ -616,8 +616,7 @@ impl Drop for EtcdLock {
     fn drop(&mut self) {
         // Revoking the lease frees every lock of this client at once.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let Ok(current) = self.sessions.try_current() else { return };
-        if let Some(session) = current {
+        if let Some(session) = self.sessions.current_now() {
             let mut lease = self.client.lease_client();
             let (id, limit) = (session.id(), self.config.request_timeout_value());
             runtime.spawn(async move {

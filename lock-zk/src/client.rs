@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{LockError, LockKey, LossSignal, LostReason, SharedRenewal};
-use tokio::sync::Mutex;
+use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
@@ -24,7 +23,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    async fn start(config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
+    pub(crate) async fn start(config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
         let mut connector = Client::connector()
             .with_session_timeout(config.session_timeout_value())
             .with_connection_timeout(config.connect_timeout_value())
@@ -64,10 +63,6 @@ impl Session {
         Ok(Arc::new(Self { client, ended, watcher, renewal }))
     }
 
-    pub(crate) fn ended(&self) -> &LossSignal {
-        &self.ended
-    }
-
     /// The session timeout ZooKeeper negotiated: the TTL of every lock.
     pub(crate) fn ttl(&self) -> Duration {
         self.client.session_timeout()
@@ -80,26 +75,8 @@ impl Drop for Session {
     }
 }
 
-/// The client's current session.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    current: Mutex<Option<Arc<Session>>>,
-}
-
-impl Sessions {
-    /// The live session, opening a new one when there is none.
-    pub(crate) async fn get(&self, config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Session>, LockError> {
-        let mut current = self.current.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| !s.ended.is_fired()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::start(config, key).await?;
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-
-    /// The session, if one is open.
-    pub(crate) async fn current(&self) -> Option<Arc<Session>> {
-        self.current.lock().await.clone()
+impl ClientSession for Session {
+    fn ended(&self) -> &LossSignal {
+        &self.ended
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal,
-    LostReason,
+    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions,
+    LossSignal, LostReason, SessionSlot,
 };
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use tracing::debug;
 use zookeeper_client::{Acls, EventType, Stat};
 
 use crate::attempt::Attempt;
-use crate::client::{Session, Sessions};
+use crate::client::Session;
 use crate::layout::lock_path;
 use crate::{BACKEND, ZkConfig, error};
 
@@ -46,7 +46,7 @@ use crate::attempt::{LOCK_NAME, SEQUENCE_DIGITS};
 #[derive(Debug)]
 pub struct ZkLock {
     config: ZkConfig,
-    sessions: Sessions,
+    sessions: SessionSlot<Session>,
 }
 
 /// What a ZooKeeper lease remembers about its grant.
@@ -67,8 +67,8 @@ impl ZkLock {
     /// [`LockError::Unavailable`] when no host answers in time.
     pub async fn connect(config: ZkConfig) -> Result<Self, LockError> {
         config.validate()?;
-        let lock = Self { config, sessions: Sessions::default() };
-        lock.sessions.get(&lock.config, None).await?;
+        let lock = Self { config, sessions: SessionSlot::default() };
+        lock.session(None).await?;
         Ok(lock)
     }
 
@@ -86,6 +86,12 @@ impl ZkLock {
     /// outside by attaching to it.
     pub async fn session_info(&self) -> Option<zookeeper_client::SessionInfo> {
         self.sessions.current().await.map(|session| session.client.session().clone())
+    }
+
+    /// The client's live session, opening a new one when ZooKeeper has
+    /// expired the last (or there was none).
+    async fn session(&self, key: Option<&LockKey>) -> Result<Arc<Session>, LockError> {
+        self.sessions.get_or_start(|| Session::start(&self.config, key)).await
     }
 
     fn acls(&self) -> Acls<'static> {
@@ -112,7 +118,7 @@ impl ZkLock {
     async fn enter(&self, key: &LockKey, options: &LockOptions) -> Result<(Arc<Session>, Attempt, String), LockError> {
         let mut retried = false;
         loop {
-            let session = self.sessions.get(&self.config, Some(key)).await?;
+            let session = self.session(Some(key)).await?;
             let dir = lock_path(self.config.base_path_value(), key);
             let mut attempt = Attempt::new(session.client.clone(), dir);
             let owner = options.owner_value().as_bytes().to_vec();
@@ -452,7 +458,7 @@ impl DistributedLock for ZkLock {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
-        let session = self.sessions.get(&self.config, Some(key)).await?;
+        let session = self.session(Some(key)).await?;
         let dir = lock_path(self.config.base_path_value(), key);
         let children = match self.call(key, "list contenders", session.client.list_children(&dir)).await {
             Ok(children) => children,
