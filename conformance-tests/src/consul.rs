@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use rs_consul::{Consul, DeleteKeyRequest, ReadKeyRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use crate::proxy::StallProxy;
+use crate::proxy::{BlackHoles, StallProxy, UNREACHABLE_BOUND, UNREACHABLE_TIMEOUTS};
 use crate::{ClientControl, Harness, TestClient};
 
 /// The KV prefix the suite writes under.
@@ -30,7 +30,7 @@ pub struct ConsulHarness {
     ttl: Duration,
     admin: OnceCell<Arc<Consul>>,
     holder_binary: Option<PathBuf>,
-    black_holes: Mutex<Vec<StallProxy>>,
+    black_holes: BlackHoles,
 }
 
 impl std::fmt::Debug for ConsulHarness {
@@ -52,7 +52,7 @@ impl ConsulHarness {
             ttl: Duration::from_secs(3),
             admin: OnceCell::new(),
             holder_binary: None,
-            black_holes: Mutex::default(),
+            black_holes: BlackHoles::default(),
         }
     }
 
@@ -189,13 +189,9 @@ impl Harness for ConsulHarness {
     }
 
     async fn unreachable_client(&self) -> (Duration, Result<Locks, LockError>) {
-        let hole = StallProxy::black_hole().await.unwrap_or_else(|e| panic!("cannot start a black hole: {e}"));
-        let config = self
-            .config(&format!("http://{}", hole.address()))
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(1));
-        self.black_holes.lock().unwrap_or_else(|p| p.into_inner()).push(hole);
-        (Duration::from_secs(2), ConsulLock::connect(config).await.map(Locks::new))
+        let address = self.black_holes.open().await;
+        let config = self.config(&format!("http://{address}")).timeouts(UNREACHABLE_TIMEOUTS);
+        (UNREACHABLE_BOUND, ConsulLock::connect(config).await.map(Locks::new))
     }
 
     fn holder_process(&self, key: &LockKey, ttl: Duration) -> Option<tokio::process::Command> {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use lock_core::{LockError, LockKey, Locks};
 use lock_etcd::{EtcdConfig, EtcdLock, native_lock_name, native_prefix};
 use tokio::sync::OnceCell;
 
-use crate::proxy::StallProxy;
+use crate::proxy::{BlackHoles, StallProxy, UNREACHABLE_BOUND, UNREACHABLE_TIMEOUTS};
 use crate::{ClientControl, Harness, TestClient};
 
 /// The etcd key namespace the suite writes under.
@@ -24,7 +24,7 @@ pub struct EtcdHarness {
     ttl: Duration,
     admin: OnceCell<Client>,
     holder_binary: Option<PathBuf>,
-    black_holes: Mutex<Vec<StallProxy>>,
+    black_holes: BlackHoles,
 }
 
 impl EtcdHarness {
@@ -36,7 +36,7 @@ impl EtcdHarness {
             ttl: Duration::from_secs(3),
             admin: OnceCell::new(),
             holder_binary: None,
-            black_holes: Mutex::default(),
+            black_holes: BlackHoles::default(),
         }
     }
 
@@ -158,14 +158,9 @@ impl Harness for EtcdHarness {
     }
 
     async fn unreachable_client(&self) -> (Duration, Result<Locks, LockError>) {
-        let hole = StallProxy::black_hole().await.unwrap_or_else(|e| panic!("cannot start a black hole: {e}"));
-        let config = self
-            .config(&format!("http://{}", hole.address()))
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(1));
-        self.black_holes.lock().unwrap_or_else(|p| p.into_inner()).push(hole);
-        let built = EtcdLock::connect(config).await.map(Locks::new);
-        (Duration::from_secs(2), built)
+        let address = self.black_holes.open().await;
+        let config = self.config(&format!("http://{address}")).timeouts(UNREACHABLE_TIMEOUTS);
+        (UNREACHABLE_BOUND, EtcdLock::connect(config).await.map(Locks::new))
     }
 
     fn holder_process(&self, key: &LockKey, ttl: Duration) -> Option<tokio::process::Command> {

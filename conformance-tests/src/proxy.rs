@@ -124,3 +124,28 @@ async fn pump(
         to.write_all(&buffer[..read]).await?;
     }
 }
+
+/// The timeouts of a client pointed at a black hole: the unreachable-endpoint
+/// case expects its error within [`UNREACHABLE_BOUND`].
+pub(crate) const UNREACHABLE_TIMEOUTS: lock_core::ClientTimeouts = lock_core::ClientTimeouts {
+    connect: std::time::Duration::from_secs(1),
+    request: std::time::Duration::from_secs(1),
+};
+
+/// How long a client with [`UNREACHABLE_TIMEOUTS`] may take to fail.
+pub(crate) const UNREACHABLE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Black holes ([`StallProxy::black_hole`]) a harness hands out, kept open
+/// as long as the harness lives.
+#[derive(Debug, Default)]
+pub(crate) struct BlackHoles(std::sync::Mutex<Vec<StallProxy>>);
+
+impl BlackHoles {
+    /// Opens one more; returns its address.
+    pub(crate) async fn open(&self) -> SocketAddr {
+        let hole = StallProxy::black_hole().await.unwrap_or_else(|e| panic!("cannot start a black hole: {e}"));
+        let address = hole.address();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(hole);
+        address
+    }
+}

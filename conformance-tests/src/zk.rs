@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use lock_zk::{ZkConfig, ZkLock, escaped_prefix, lock_path};
 use tokio::sync::OnceCell;
 use zookeeper_client::Client;
 
-use crate::proxy::StallProxy;
+use crate::proxy::{BlackHoles, StallProxy, UNREACHABLE_BOUND, UNREACHABLE_TIMEOUTS};
 use crate::{ClientControl, Harness, TestClient};
 
 /// The ZooKeeper path the suite writes under.
@@ -24,7 +24,7 @@ pub struct ZkHarness {
     ttl: Duration,
     admin: OnceCell<Client>,
     holder_binary: Option<PathBuf>,
-    black_holes: Mutex<Vec<StallProxy>>,
+    black_holes: BlackHoles,
 }
 
 impl std::fmt::Debug for ZkHarness {
@@ -43,7 +43,7 @@ impl ZkHarness {
             ttl: Duration::from_secs(2),
             admin: OnceCell::new(),
             holder_binary: None,
-            black_holes: Mutex::default(),
+            black_holes: BlackHoles::default(),
         }
     }
 
@@ -170,13 +170,9 @@ impl Harness for ZkHarness {
     }
 
     async fn unreachable_client(&self) -> (Duration, Result<Locks, LockError>) {
-        let hole = StallProxy::black_hole().await.unwrap_or_else(|e| panic!("cannot start a black hole: {e}"));
-        let config = self
-            .config(&hole.address().to_string())
-            .connect_timeout(Duration::from_secs(1))
-            .request_timeout(Duration::from_secs(1));
-        self.black_holes.lock().unwrap_or_else(|p| p.into_inner()).push(hole);
-        (Duration::from_secs(2), ZkLock::connect(config).await.map(Locks::new))
+        let address = self.black_holes.open().await;
+        let config = self.config(&address.to_string()).timeouts(UNREACHABLE_TIMEOUTS);
+        (UNREACHABLE_BOUND, ZkLock::connect(config).await.map(Locks::new))
     }
 
     fn holder_process(&self, key: &LockKey, ttl: Duration) -> Option<tokio::process::Command> {
