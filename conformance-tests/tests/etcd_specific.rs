@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use conformance_tests::etcd::EtcdHarness;
 use conformance_tests::process::NativeCommand;
-use conformance_tests::{Harness, Namespace};
-use lock_core::LostReason;
+use conformance_tests::{Harness, Namespace, cases};
 use tokio::time::{Instant, timeout};
 
 fn harness() -> EtcdHarness {
@@ -34,15 +33,7 @@ async fn lease_revoked_from_outside_reports_lost_within_one_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_deleted_from_outside_reports_lost_within_one_second() {
-    let h = harness();
-    let ns = Namespace::new();
-    let key = ns.key("deleted");
-    let client = h.client().await;
-    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
-    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
-    h.break_lock(&key).await;
-    let reason = timeout(Duration::from_secs(1), guard.lost()).await;
-    assert_eq!(reason.ok(), Some(LostReason::Revoked), "lost() did not report the deletion within 1 s");
+    cases::broken_lock_reported_within(&harness(), Duration::from_secs(1)).await;
 }
 
 /// The `etcdctl` installed by `scripts/services install etcd`, or the one

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use conformance_tests::process::NativeCommand;
 use conformance_tests::zk::{BASE, ZkHarness};
-use conformance_tests::{Harness, Namespace};
-use lock_core::LostReason;
+use conformance_tests::{Harness, Namespace, cases};
 use tokio::time::{Instant, sleep, timeout};
 
 fn harness() -> ZkHarness {
@@ -19,13 +18,7 @@ fn harness() -> ZkHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_deleted_from_outside_reports_lost_within_one_session_timeout() {
     let h = harness();
-    let key = Namespace::new().key("deleted");
-    let client = h.client().await;
-    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
-    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
-    h.break_lock(&key).await;
-    let reason = timeout(h.ttl(), guard.lost()).await;
-    assert_eq!(reason.ok(), Some(LostReason::Revoked), "lost() did not report the deletion within the session timeout");
+    cases::broken_lock_reported_within(&h, h.ttl()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

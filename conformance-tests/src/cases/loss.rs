@@ -1,8 +1,10 @@
 //! Loss: broken from outside, a waiter's own session ending, a holder cut
 //! off from the service.
 
-use lock_core::LockError;
-use tokio::time::Instant;
+use std::time::Duration;
+
+use lock_core::{LockError, LostReason};
+use tokio::time::{Instant, timeout};
 
 use super::support::{GRACE, STEP, acquire, assert_clean, await_waiters, ok, options, release, take, within};
 use crate::{Harness, Namespace};
@@ -27,6 +29,25 @@ pub async fn lock_broken_from_outside_is_reported_lost(h: std::sync::Arc<dyn Har
     assert_eq!(info.map(|i| i.token), Some(next.token()), "[{}] the stale release freed the new holder", h.name());
     release(h, next).await;
     assert_clean(h, ns.prefix(), "after broken lock").await;
+}
+
+/// Not a suite case: for backends that watch each held key (etcd,
+/// ZooKeeper, Consul), a lock broken from outside ([`Harness::break_lock`])
+/// is reported lost, as `Revoked`, within `bound`, far sooner than case 11's
+/// TTL. Their backend-specific tests call it with their own bound.
+pub async fn broken_lock_reported_within(h: &dyn Harness, bound: Duration) {
+    let key = Namespace::new().key("deleted");
+    let client = h.client().await;
+    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("[{}] could not take a free key", h.name()));
+    h.break_lock(&key).await;
+    let reason = timeout(bound, guard.lost()).await;
+    assert_eq!(
+        reason.ok(),
+        Some(LostReason::Revoked),
+        "[{}] lost() did not report the deletion within {bound:?}",
+        h.name()
+    );
 }
 
 /// Case 12: A waiter whose own lease or session ends while it waits fails
