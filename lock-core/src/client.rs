@@ -197,8 +197,10 @@ impl LockRequest {
     }
 
     /// Waits at most `wait` in [`acquire`](Self::acquire) (default: forever).
+    /// A wait too long to be represented as an instant (`Duration::MAX`)
+    /// means forever.
     pub fn wait(mut self, wait: Duration) -> Self {
-        self.deadline = Some(Instant::now() + wait);
+        self.deadline = Instant::now().checked_add(wait);
         self
     }
 

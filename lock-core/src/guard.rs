@@ -108,9 +108,14 @@ impl LockGuard {
         self.shared.lease.ttl()
     }
 
-    /// Whether the lock is known lost.
+    /// Whether the lock is known lost, by the service's word or because it
+    /// can no longer be proven held.
+    ///
+    /// The guard's own clock is read here, not only by its background task:
+    /// a holder whose process was paused past the TTL sees `true` on its
+    /// first look after it resumes, before any task has run.
     pub fn is_lost(&self) -> bool {
-        self.shared.lease.loss_signal().is_fired()
+        self.shared.check_deadline()
     }
 
     /// Completes with the reason as soon as the lock is lost or can no longer
@@ -118,6 +123,7 @@ impl LockGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) -> LostReason {
+        self.shared.check_deadline();
         self.shared.lease.loss_signal().fired().await
     }
 

@@ -68,7 +68,7 @@ impl MemoryLock {
 
     /// A client on `store`.
     pub fn with_store(store: MemoryStore) -> Self {
-        let session = store.next_id();
+        let session = store.open_session();
         Self { store, session: Mutex::new(session), link: Link::new(true), request_timeout: Duration::from_secs(5) }
     }
 
@@ -106,7 +106,7 @@ impl MemoryLock {
     fn session(&self) -> u64 {
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.store.is_ended(*session) {
-            *session = self.store.next_id();
+            *session = self.store.open_session();
         }
         *session
     }
@@ -154,6 +154,13 @@ impl MemoryLock {
             lease.loss_signal().fire(reason.clone());
             LockError::Lost { backend: BACKEND, key: lease.key().clone(), reason }
         }
+    }
+}
+
+impl Drop for MemoryLock {
+    fn drop(&mut self) {
+        let session = *self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.store.close_session(session);
     }
 }
 

@@ -50,7 +50,8 @@ struct State {
     keys: HashMap<LockKey, KeyState>,
     last_token: u64,
     last_id: u64,
-    ended_sessions: HashSet<u64>,
+    /// Sessions opened and not yet ended or closed; any other is ended.
+    live_sessions: HashSet<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +98,7 @@ impl MemoryStore {
     /// waiters fail with [`LostReason::SessionEnded`].
     pub fn end_session(&self, session: u64) {
         let mut state = self.lock();
-        state.ended_sessions.insert(session);
+        state.live_sessions.remove(&session);
         let now = Instant::now();
         let keys: Vec<LockKey> = state.keys.keys().cloned().collect();
         for key in keys {
@@ -129,6 +130,12 @@ impl MemoryStore {
             .sum()
     }
 
+    /// How many sessions the store keeps a record of: the live ones only,
+    /// so ending sessions over and over costs no memory.
+    pub fn session_records(&self) -> usize {
+        self.lock().live_sessions.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -139,8 +146,23 @@ impl MemoryStore {
         state.last_id
     }
 
+    /// Opens a session; it lives until ended or closed.
+    pub(super) fn open_session(&self) -> u64 {
+        let mut state = self.lock();
+        state.last_id += 1;
+        let session = state.last_id;
+        state.live_sessions.insert(session);
+        session
+    }
+
+    /// Forgets a session whose client is gone (it can hold nothing: every
+    /// lease keeps its client alive).
+    pub(super) fn close_session(&self, session: u64) {
+        self.lock().live_sessions.remove(&session);
+    }
+
     pub(super) fn is_ended(&self, session: u64) -> bool {
-        self.lock().ended_sessions.contains(&session)
+        !self.lock().live_sessions.contains(&session)
     }
 
     /// Grants `key` when it is free and nobody queues for it.
@@ -254,7 +276,7 @@ impl State {
             let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front()) else {
                 break;
             };
-            if self.ended_sessions.contains(&contender.session) {
+            if !self.live_sessions.contains(&contender.session) {
                 let _ = delivery.send(Err(LostReason::SessionEnded));
                 continue;
             }
