@@ -82,6 +82,18 @@ pub trait ClientControl: Send + Sync {
     async fn lose_replies(&self) {
         proxy_for(self, "hold back replies alone").stall_replies();
     }
+
+    /// Resets the client's connections to the service (an RST both ways);
+    /// the client may connect again at once.
+    async fn reset_connections(&self) {
+        proxy_for(self, "reset the client's connections").reset();
+    }
+
+    /// Lets requests reach the service and throws its replies away until
+    /// [`restore`](Self::restore), which then resets the connections.
+    async fn drop_replies(&self) {
+        proxy_for(self, "drop replies").drop_replies();
+    }
 }
 
 fn proxy_for<'a, C: ClientControl + ?Sized>(control: &'a C, fault: &str) -> &'a StallProxy {
