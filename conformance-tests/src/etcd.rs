@@ -79,6 +79,28 @@ impl EtcdHarness {
             .clone()
     }
 
+    /// Writes a key twice (so the revision moves past every watched one) and
+    /// compacts etcd's history up to the current revision, as an operator's
+    /// `etcdctl compact` or etcd's auto-compaction would; returns that
+    /// revision. Watches that start at an older revision are refused from
+    /// then on.
+    pub async fn compact(&self) -> i64 {
+        let mut admin = self.admin().await;
+        let marker = format!("{NAMESPACE}compaction-marker");
+        // Two writes: etcd keeps the compaction revision itself, so a watch
+        // from the revision just after the newest watched one must fall
+        // below it to be refused.
+        let mut revision = 0;
+        for _ in 0..2 {
+            let put = admin.put(marker.as_str(), "", None).await;
+            let put = put.unwrap_or_else(|e| panic!("cannot write before compacting: {e}"));
+            revision = put.header().map(|h| h.revision()).unwrap_or_else(|| panic!("a put without a header"));
+        }
+        let options = etcd_client::CompactionOptions::new().with_physical();
+        admin.compact(revision, Some(options)).await.unwrap_or_else(|e| panic!("cannot compact at {revision}: {e}"));
+        revision
+    }
+
     /// A client configuration for this harness through `endpoint`.
     pub fn config(&self, endpoint: &str) -> EtcdConfig {
         EtcdConfig::new([endpoint])

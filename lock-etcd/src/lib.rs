@@ -43,11 +43,13 @@
 //! # }
 //! ```
 
+mod cleanup;
 mod client;
 mod config;
 mod error;
 mod layout;
 mod lock;
+mod monitor;
 mod watch;
 
 pub use config::{DEFAULT_ENDPOINT, ENDPOINTS_ENV, EtcdConfig, EtcdTls};

@@ -1,9 +1,8 @@
 //! The lock recipe: etcd's own mutex, with fencing, loss reporting and
 //! cleanup of every cancelled or timed-out attempt.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
@@ -12,12 +11,14 @@ use lock_core::{
     LossSignal, LostReason, SessionSlot,
 };
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::cleanup::{Cleanups, Leftover, WriteOutcome, Written};
 use crate::client::{Session, connect};
 use crate::layout::{contender_key, contenders_prefix};
+use crate::monitor::{HeldKey, monitor};
 use crate::watch::{WatchEnd, WatchHub};
 use crate::{BACKEND, EtcdConfig, error};
 
@@ -46,9 +47,9 @@ pub struct EtcdLock {
     config: EtcdConfig,
     sessions: SessionSlot<Session>,
     hub: Arc<WatchHub>,
-    /// Deletions of cancelled attempts' keys still in flight, by etcd key; a
-    /// new attempt on the same key waits for them.
-    cleanups: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Deletions of cancelled attempts' keys still in flight; a new attempt
+    /// on the same key waits for them.
+    cleanups: Arc<Cleanups>,
 }
 
 impl std::fmt::Debug for EtcdLock {
@@ -121,13 +122,27 @@ impl EtcdLock {
         key: &LockKey,
         options: &LockOptions,
         attempt: &mut Attempt<'_>,
+        deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, String, i64, bool), LockError> {
+        let started = Instant::now();
         let mut retried = false;
         loop {
             let session = self.session(key).await?;
             let namespace = self.config.namespace_value();
             let contender = contender_key(namespace, key, session.id());
-            self.await_cleanup(&contender).await;
+            // Our key has one name per lease: an earlier attempt's clean-up
+            // must be done before we write it again.
+            let settled = self.cleanups.settled(&contender);
+            let settled = match deadline {
+                Some(deadline) => timeout_at(deadline, settled).await.is_ok(),
+                None => {
+                    settled.await;
+                    true
+                }
+            };
+            if !settled {
+                return Err(LockError::timeout(BACKEND, key, started));
+            }
             let write = tokio::spawn(write_contender(
                 self.client.clone(),
                 key.clone(),
@@ -137,10 +152,15 @@ impl EtcdLock {
                 session.id(),
                 self.config.request_timeout_value(),
             ));
-            let mut in_flight = InFlight { lock: self, contender: contender.clone(), write: Some(write) };
+            let mut in_flight = InFlight {
+                lock: self,
+                session: Arc::clone(&session),
+                contender: contender.clone(),
+                write: Some(write),
+            };
             match in_flight.outcome(key).await {
                 Ok((revision, holds)) => {
-                    attempt.contender = Some((contender.clone(), Written::At(revision)));
+                    attempt.leftover = Some(leftover(&session, contender.clone(), Written::At(revision)));
                     return Ok((session, contender, revision, holds));
                 }
                 Err(error) if !retried && error::is_lease_not_found(&error) => {
@@ -150,7 +170,7 @@ impl EtcdLock {
                 }
                 // The write may have landed even though its reply was lost.
                 Err(error) => {
-                    attempt.contender = Some((contender, Written::Unknown { lease: session.id() }));
+                    attempt.leftover = Some(leftover(&session, contender, Written::Unknown));
                     return Err(error);
                 }
             }
@@ -166,58 +186,10 @@ impl EtcdLock {
         Ok(self.call(key, "delete contender", kv.txn(txn)).await?.succeeded())
     }
 
-    /// Starts deleting a cancelled attempt's key in the background; the next
-    /// attempt on that key waits until it is done. With no revision (the
-    /// attempt was dropped while its write was in flight) the key is deleted
-    /// if it belongs to our lease.
-    fn withdraw_in_background(&self, contender: String, written: Written) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let gate = Arc::new(tokio::sync::Mutex::new(()));
-        let Ok(held) = Arc::clone(&gate).try_lock_owned() else { return };
-        lock_map(&self.cleanups).insert(contender.clone(), gate);
-        let (client, cleanups, limit) =
-            (self.client.clone(), Arc::clone(&self.cleanups), self.config.request_timeout_value());
-        runtime.spawn(async move {
-            let ours = match written {
-                Written::At(revision) => Compare::create_revision(contender.clone(), CompareOp::Equal, revision),
-                Written::Unknown { lease } => Compare::lease(contender.clone(), CompareOp::Equal, lease),
-                Written::Pending(write) => match write.await {
-                    Ok(Ok((revision, _))) => Compare::create_revision(contender.clone(), CompareOp::Equal, revision),
-                    // The write failed: nothing of ours to delete.
-                    _ => {
-                        lock_map(&cleanups).remove(&contender);
-                        return;
-                    }
-                },
-            };
-            let txn = Txn::new().when([ours]).and_then([TxnOp::delete(contender.clone(), None)]);
-            // The lease keeps the key alive while this client lives, so a
-            // failed delete would hold the lock for good: keep trying, with
-            // backoff, for a bounded number of attempts.
-            let mut pause = std::time::Duration::from_millis(100);
-            for attempt in 1..=CLEANUP_ATTEMPTS {
-                match timeout(limit, client.kv_client().txn(txn.clone())).await {
-                    Ok(Ok(_)) => break,
-                    outcome => {
-                        debug!(contender, attempt, ?outcome, "deleting our key failed; retrying");
-                        if attempt == CLEANUP_ATTEMPTS {
-                            warn!(contender, "could not delete our key; it goes when the lease ends");
-                        }
-                    }
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            }
-            lock_map(&cleanups).remove(&contender);
-            drop(held);
-        });
-    }
-
-    async fn await_cleanup(&self, contender: &str) {
-        let gate = lock_map(&self.cleanups).get(contender).cloned();
-        if let Some(gate) = gate {
-            let _ = timeout(self.config.request_timeout_value(), gate.lock()).await;
-        }
+    /// Starts deleting a key of ours that holds no grant, in the background;
+    /// the next attempt on that key waits until it is done.
+    fn clean_up(&self, leftover: Leftover) {
+        self.cleanups.start(self.client.clone(), leftover, self.config.request_timeout_value());
     }
 
     /// Waits until no contender created before `revision` is left, and
@@ -233,6 +205,9 @@ impl EtcdLock {
     ) -> Result<(), LockError> {
         let prefix = contenders_prefix(self.config.namespace_value(), key);
         let mut own = self.hub.deletion(contender, revision + 1);
+        // Set when the own-key watch could not be served (its history was
+        // compacted): it is made again from the next read that finds our key.
+        let mut own_broken = false;
         loop {
             let predecessor = GetOptions::new()
                 .with_prefix()
@@ -262,6 +237,11 @@ impl EtcdLock {
             // waiter; the waiters further back read again as before.
             let next_in_line = contenders_before(&responses) == 1;
             let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
+            if own_broken {
+                // Our key existed at `seen_at`: any later deletion is seen.
+                own = self.hub.deletion(contender, seen_at + 1);
+                own_broken = false;
+            }
             let (before_revision, before) = (before.create_revision(), before.key().to_vec());
             let mut turn = self.hub.deletion_from_now(before.clone());
             tokio::select! {
@@ -271,7 +251,10 @@ impl EtcdLock {
                     if end == Some(WatchEnd::Deleted) {
                         return Err(lost(key, LostReason::Revoked));
                     }
-                    own = self.hub.deletion(contender, revision + 1);
+                    // Re-watching from our revision would be refused again
+                    // as compacted: the next read checks our key and
+                    // re-watches from there.
+                    own_broken = true;
                 }
                 _ = session.ended().fired() => return Err(lost(key, LostReason::SessionEnded)),
                 () = lock_core::deadline_passed(deadline) => {
@@ -322,11 +305,12 @@ impl EtcdLock {
         let stop_monitor = CancellationToken::new();
         tokio::spawn(monitor(
             Arc::clone(&self.hub),
+            self.client.clone(),
             Arc::clone(&session),
-            contender.clone(),
-            revision,
+            HeldKey { contender: contender.clone(), revision },
             loss.clone(),
             stop_monitor.clone(),
+            self.config.request_timeout_value(),
         ));
         let confirmed_at = session.confirmed_at();
         let grant = EtcdGrant { contender, revision, session: Arc::clone(&session), stop_monitor };
@@ -397,13 +381,12 @@ async fn write_contender(
     Err(LockError::backend(BACKEND, Some(&key), "our contender key kept reappearing"))
 }
 
-type WriteOutcome = Result<(i64, bool), LockError>;
-
 /// A contender write in flight. Dropped before it finished, it leaves the
 /// write running and deletes the key once the write's revision is known, so a
 /// write that lands late never becomes a ghost.
 struct InFlight<'a> {
     lock: &'a EtcdLock,
+    session: Arc<Session>,
     contender: String,
     write: Option<JoinHandle<WriteOutcome>>,
 }
@@ -422,38 +405,7 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(write) = self.write.take() {
-            self.lock.withdraw_in_background(self.contender.clone(), Written::Pending(write));
-        }
-    }
-}
-
-/// Reports the held lock lost when its key is deleted or its session ends.
-async fn monitor(
-    hub: Arc<WatchHub>,
-    session: Arc<Session>,
-    contender: String,
-    revision: i64,
-    loss: LossSignal,
-    stop: CancellationToken,
-) {
-    let mut watch = hub.deletion(contender.clone(), revision + 1);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = loss.fired() => return,
-            _ = session.ended().fired() => {
-                loss.fire(LostReason::SessionEnded);
-                return;
-            }
-            end = watch.ended() => match end {
-                Some(WatchEnd::Deleted) => {
-                    loss.fire(LostReason::Revoked);
-                    return;
-                }
-                // History compacted or hub restarted: watch again from now;
-                // the guard's clock covers the gap.
-                Some(WatchEnd::Compacted) | None => watch = hub.deletion(contender.clone(), revision + 1),
-            },
+            self.lock.clean_up(leftover(&self.session, self.contender.clone(), Written::Pending(write)));
         }
     }
 }
@@ -478,41 +430,27 @@ fn lost(key: &LockKey, reason: LostReason) -> LockError {
     LockError::lost(BACKEND, key, reason)
 }
 
-fn lock_map<T>(map: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// How often a background deletion of our key is tried (about a minute of
-/// backoff in all).
-const CLEANUP_ATTEMPTS: u32 = 35;
-
-/// What an attempt knows about the key it wrote.
-#[derive(Debug)]
-enum Written {
-    /// The write is still in flight.
-    Pending(JoinHandle<WriteOutcome>),
-    /// The write failed without saying whether it landed.
-    Unknown { lease: i64 },
-    /// The key exists with this create revision.
-    At(i64),
+/// What to clean up of `contender`, written with `session`'s lease.
+fn leftover(session: &Session, contender: String, written: Written) -> Leftover {
+    Leftover { contender, written, lease: session.id(), lease_ended: session.ended().clone() }
 }
 
 /// Deletes an attempt's key if the attempt is dropped before it finished.
 struct Attempt<'a> {
     lock: &'a EtcdLock,
-    contender: Option<(String, Written)>,
+    leftover: Option<Leftover>,
 }
 
 impl Attempt<'_> {
     fn done(&mut self) {
-        self.contender = None;
+        self.leftover = None;
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if let Some((contender, written)) = self.contender.take() {
-            self.lock.withdraw_in_background(contender, written);
+        if let Some(leftover) = self.leftover.take() {
+            self.lock.clean_up(leftover);
         }
     }
 }
@@ -535,14 +473,16 @@ impl DistributedLock for EtcdLock {
         deadline: Option<Instant>,
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
-        let mut attempt = Attempt { lock: self, contender: None };
-        let (session, contender, revision, holds) = self.enter(key, options, &mut attempt).await?;
+        let mut attempt = Attempt { lock: self, leftover: None };
+        let (session, contender, revision, holds) = self.enter(key, options, &mut attempt, deadline).await?;
         if !holds {
             let waited = self.wait_for_turn(key, &session, &contender, revision, deadline, started).await;
             if let Err(error) = waited {
-                attempt.done();
-                if !matches!(error, LockError::Lost { .. }) {
-                    let _ = self.withdraw(key, &contender, revision).await;
+                // A lost key is gone already; otherwise withdraw it, and if
+                // that is not answered (or we are dropped meanwhile), the
+                // attempt's clean-up keeps trying in the background.
+                if matches!(error, LockError::Lost { .. }) || self.withdraw(key, &contender, revision).await.is_ok() {
+                    attempt.done();
                 }
                 return Err(error);
             }
@@ -552,8 +492,17 @@ impl DistributedLock for EtcdLock {
     }
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
-        let mut attempt = Attempt { lock: self, contender: None };
-        let (session, contender, revision, holds) = self.enter(key, options, &mut attempt).await?;
+        let mut attempt = Attempt { lock: self, leftover: None };
+        let deadline = Instant::now() + self.config.request_timeout_value();
+        let entered = self.enter(key, options, &mut attempt, Some(deadline)).await.map_err(|error| match error {
+            LockError::Timeout { .. } => LockError::unavailable(
+                BACKEND,
+                Some(key),
+                "an earlier attempt's contender key is still being removed; etcd does not answer",
+            ),
+            other => other,
+        });
+        let (session, contender, revision, holds) = entered?;
         if !holds {
             self.withdraw(key, &contender, revision).await?;
             attempt.done();
@@ -582,7 +531,7 @@ impl DistributedLock for EtcdLock {
             Ok(withdrawn) => withdrawn,
             Err(error) => {
                 // Unanswered: the key may still hold the lock for others.
-                self.withdraw_in_background(grant.contender.clone(), Written::At(grant.revision));
+                self.clean_up(leftover(&grant.session, grant.contender.clone(), Written::At(grant.revision)));
                 return Err(error);
             }
         };

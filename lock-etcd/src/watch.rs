@@ -34,9 +34,24 @@ struct Active {
     created: Option<oneshot::Sender<i64>>,
 }
 
+impl Active {
+    /// etcd created the watch at `revision`: it sees every change after it.
+    fn created_at(&mut self, revision: i64) {
+        if self.start_revision == 0 && revision > 0 {
+            // A watch "from now" re-created after a reconnect must go on from
+            // here, or a deletion while the stream was down goes unseen and
+            // its waiter waits forever.
+            self.start_revision = revision + 1;
+        }
+        if let Some(created) = self.created.take() {
+            let _ = created.send(revision);
+        }
+    }
+}
+
 /// Hands out watches for the deletion of single keys, all on one stream,
-/// re-created from their start revision after a reconnect so no deletion is
-/// missed.
+/// re-created from their start revision after a reconnect (for a watch "from
+/// now", the revision etcd first created it at) so no deletion is missed.
 #[derive(Debug)]
 pub(crate) struct WatchHub {
     commands: mpsc::UnboundedSender<Command>,
@@ -160,11 +175,11 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
                         let id = response.watch_id();
-                        if response.created() {
+                        if response.created()
+                            && let Some(watch) = active.get_mut(&id)
+                        {
                             let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-                            if let Some(created) = active.get_mut(&id).and_then(|watch| watch.created.take()) {
-                                let _ = created.send(revision);
-                            }
+                            watch.created_at(revision);
                         }
                         let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
                         let end = if response.compact_revision() > 0 || (response.canceled() && !deleted) {

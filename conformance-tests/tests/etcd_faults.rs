@@ -1,0 +1,102 @@
+//! etcd under faults the conformance suite does not inject on every backend:
+//! its history compacted while a client's watch stream was down, and a
+//! release that happens while a waiter's stream is down.
+//!
+//! The tests in this file compact the shared etcd's history, which would
+//! break watches of other tests running at the same time (etcdctl's own lock
+//! among them), so they live in a binary of their own and run one at a time.
+#![cfg(feature = "etcd")]
+
+use std::time::Duration;
+
+use conformance_tests::etcd::EtcdHarness;
+use conformance_tests::{Harness, Namespace};
+use lock_core::{LockError, LostReason};
+use tokio::sync::Mutex;
+use tokio::time::{Instant, sleep, timeout};
+
+/// One compaction at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// Lead 3 of the safety issue: after its watch stream was reset and etcd's
+/// history compacted past the held key's revision, the client re-created its
+/// loss watch from that revision, was refused as compacted, and tried again
+/// forever; the key's later deletion was never reported while the lease's
+/// keep-alive went on proving the lock held: two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_after_compaction_and_reconnect_is_reported() {
+    let _serial = SERIAL.lock().await;
+    let h = EtcdHarness::from_env();
+    let key = Namespace::new().key("compacted");
+    let client = h.client().await;
+    let guard = client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    // The stream goes down, the history it needs is compacted, and it comes
+    // back: the loss watch must be made again past the compaction.
+    client.control.cut_off().await;
+    h.compact().await;
+    client.control.reset_connections().await;
+    client.control.restore().await;
+    sleep(Duration::from_millis(500)).await;
+    assert!(!guard.is_lost(), "the lock was reported lost, though its key is still there");
+    h.break_lock(&key).await;
+    let deleted_at = Instant::now();
+    let reason = timeout(Duration::from_secs(1), guard.lost()).await;
+    assert_eq!(
+        reason.ok(),
+        Some(LostReason::Revoked),
+        "the held key's deletion after a compaction was not reported within 1 s (lost: {}, {:?} since)",
+        guard.is_lost(),
+        deleted_at.elapsed()
+    );
+}
+
+/// Lead 4 of the safety issue: a waiter's watch on its predecessor, made
+/// "from now", was made again from a new "now" after a reconnect, so a
+/// release while the stream was down was never seen: the waiter, and every
+/// waiter behind it, waited forever (without a deadline) although the lock
+/// was free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_sees_a_release_made_while_its_stream_was_down() {
+    let _serial = SERIAL.lock().await;
+    let h = EtcdHarness::from_env();
+    let ns = Namespace::new();
+    let key = ns.key("released while down");
+    let (holder, waiter) = (h.client().await, h.client().await);
+    let guard = holder.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    let waiting = {
+        let (locks, key) = (waiter.locks.clone(), key.clone());
+        // No deadline: a waiter that misses the release must hang, and the
+        // test's own bound below catches it.
+        tokio::spawn(async move { locks.lock(key.as_str()).acquire().await })
+    };
+    let queued = async {
+        while h.leftover(ns.prefix()).await < 2 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), queued).await.unwrap_or_else(|_| panic!("the waiter never queued"));
+    // Let its watch on the holder's key be made (no event tells).
+    sleep(Duration::from_millis(500)).await;
+    waiter.control.cut_off().await;
+    guard.release().await.unwrap_or_else(|e| panic!("release: {e}"));
+    sleep(Duration::from_millis(200)).await;
+    waiter.control.reset_connections().await;
+    waiter.control.restore().await;
+    let granted = timeout(Duration::from_secs(5), waiting).await;
+    let granted =
+        granted.unwrap_or_else(|_| panic!("the waiter was not granted a free lock within 5 s of reconnecting"));
+    let granted = granted.unwrap_or_else(|e| panic!("the waiting task failed: {e}"));
+    let guard = granted.unwrap_or_else(|e| panic!("the waiter's acquire failed: {e}"));
+    // The first request after the reset may meet the dead connection; a
+    // release that is not answered is finished in the background.
+    let released = guard.release().await;
+    assert!(matches!(released, Ok(()) | Err(LockError::Unavailable { .. })), "release: {released:?}");
+    let freed = async {
+        while h.leftover(ns.prefix()).await > 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), freed).await.unwrap_or_else(|_| panic!("the released key was left behind"));
+}
