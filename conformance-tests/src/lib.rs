@@ -61,7 +61,9 @@ macro_rules! conformance_suite {
             one_client_holds_many_locks,
             waiters_served_in_order,
             waiter_giving_up_ahead_lets_no_one_in,
-            unreachable_endpoint_is_unavailable
+            unreachable_endpoint_is_unavailable,
+            waiter_timing_out_while_cut_off_leaves_nothing,
+            acquire_cancelled_while_replies_are_lost_leaves_nothing
         );
     };
 }

@@ -7,6 +7,7 @@
 mod basic;
 mod exclusion;
 mod expiry;
+mod faults;
 mod loss;
 mod support;
 mod waiting;
@@ -14,5 +15,6 @@ mod waiting;
 pub use basic::*;
 pub use exclusion::*;
 pub use expiry::*;
+pub use faults::*;
 pub use loss::*;
 pub use waiting::*;
