@@ -41,6 +41,37 @@ async fn session_destroyed_from_outside_reports_lost_within_one_second() {
     assert!(again.release().await.is_ok());
 }
 
+/// Lead 9 of the safety issue: Consul counts a session's TTL from its last
+/// renewal, not from a lock write (an acquire does not renew the session).
+/// A lock taken late in a renewal interval, whose client is then cut off,
+/// must be reported lost within the TTL of the session's last proof, not of
+/// the lock write: after that Consul may invalidate the session and, with no
+/// lock delay, grant the key to another client at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_is_counted_from_the_sessions_last_renewal_not_from_the_lock_write() {
+    let h = harness();
+    let ns = Namespace::new();
+    let client = h.client().await;
+    let session_proven = Instant::now();
+    let first = client.locks.lock(ns.key("first").as_str()).try_acquire().await.ok().flatten();
+    let first = first.unwrap_or_else(|| panic!("could not take a free key"));
+    // Before the session's first renewal (a third of the TTL after it was made).
+    tokio::time::sleep(h.ttl() * 4 / 15).await;
+    let late = client.locks.lock(ns.key("late").as_str()).try_acquire().await.ok().flatten();
+    let late = late.unwrap_or_else(|| panic!("could not take a free key"));
+    client.control.cut_off().await;
+    let reason = timeout(h.ttl() * 2, late.lost()).await;
+    let lost_after = session_proven.elapsed();
+    assert!(reason.is_ok(), "a cut-off holder was not reported lost within twice the TTL");
+    assert!(
+        lost_after <= h.ttl(),
+        "the lock was reported lost {lost_after:?} after the session's last proof, beyond its TTL {:?}",
+        h.ttl()
+    );
+    client.control.restore().await;
+    drop((first, late));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_deleted_from_outside_reports_lost_within_one_second() {
     cases::broken_lock_reported_within(&harness(), Duration::from_secs(1)).await;

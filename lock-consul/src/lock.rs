@@ -321,6 +321,9 @@ impl ConsulLock {
         });
         debug!(%key, kv_key, modify_index = entry.modify_index, "granted");
         let ttl = session.ttl();
+        // The lock lives as long as the session, whose TTL runs from its
+        // last confirmed renewal, which may be older than the lock write.
+        let confirmed_at = session.confirmed_at().map_or(*sent, |renewed| renewed.min(*sent));
         let grant = ConsulGrant {
             kv_key,
             modify_index: entry.modify_index,
@@ -333,7 +336,7 @@ impl ConsulLock {
             FencingToken::new(entry.modify_index),
             options.owner_value().to_owned(),
             ttl,
-            *sent,
+            confirmed_at,
             loss,
             Arc::new(grant),
         )

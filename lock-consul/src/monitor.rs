@@ -71,20 +71,47 @@ pub(crate) type Snapshot = Arc<(u64, HashMap<String, (Option<String>, u64)>)>;
 #[derive(Debug)]
 pub(crate) struct Monitors {
     api: Api,
-    prefix: String,
     key_watches: Arc<Semaphore>,
     blocking_waits: Arc<Semaphore>,
-    prefix_watch: std::sync::Mutex<Option<watch::Receiver<Option<Snapshot>>>>,
+    prefix_watch: Arc<PrefixWatch>,
+}
+
+/// The shared blocking query on the client's prefix: started on the first
+/// subscription, stopped once nobody reads it, started again on the next.
+#[derive(Debug)]
+pub(crate) struct PrefixWatch {
+    api: Api,
+    prefix: String,
+    reads: std::sync::Mutex<Option<watch::Receiver<Option<Snapshot>>>>,
+}
+
+impl PrefixWatch {
+    pub(crate) fn new(api: Api, prefix: String) -> Self {
+        Self { api, prefix, reads: std::sync::Mutex::default() }
+    }
+
+    /// A receiver of the shared prefix reads, starting the reader if none
+    /// runs. A receiver whose reader stopped (it may stop just as a new
+    /// watcher subscribes) sees its channel closed: subscribe again.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Snapshot>> {
+        let mut shared = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(receiver) = shared.as_ref().filter(|r| r.has_changed().is_ok()) {
+            return receiver.clone();
+        }
+        let (sender, receiver) = watch::channel(None);
+        tokio::spawn(read_prefix(self.api.clone(), self.prefix.clone(), sender));
+        *shared = Some(receiver.clone());
+        receiver
+    }
 }
 
 impl Monitors {
     pub(crate) fn new(api: Api, prefix: String) -> Self {
         Self {
+            prefix_watch: Arc::new(PrefixWatch::new(api.clone(), prefix)),
             api,
-            prefix,
             key_watches: Arc::new(Semaphore::new(MAX_KEY_WATCHES)),
             blocking_waits: Arc::new(Semaphore::new(MAX_BLOCKING_WAITS)),
-            prefix_watch: std::sync::Mutex::default(),
         }
     }
 
@@ -96,7 +123,7 @@ impl Monitors {
             }
             Err(_) => {
                 let snapshots = self.prefix_snapshots();
-                tokio::spawn(watch_in_prefix(held, snapshots));
+                tokio::spawn(watch_in_prefix(held, snapshots, Arc::clone(&self.prefix_watch)));
             }
         }
     }
@@ -107,16 +134,9 @@ impl Monitors {
         Arc::clone(&self.blocking_waits).try_acquire_owned().ok()
     }
 
-    /// A receiver of the shared prefix reads, starting the reader if none runs.
+    /// A receiver of the shared prefix reads; see [`PrefixWatch::subscribe`].
     pub(crate) fn prefix_snapshots(&self) -> watch::Receiver<Option<Snapshot>> {
-        let mut shared = self.prefix_watch.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(receiver) = shared.as_ref().filter(|r| r.has_changed().is_ok()) {
-            return receiver.clone();
-        }
-        let (sender, receiver) = watch::channel(None);
-        tokio::spawn(read_prefix(self.api.clone(), self.prefix.clone(), sender));
-        *shared = Some(receiver.clone());
-        receiver
+        self.prefix_watch.subscribe()
     }
 }
 
@@ -155,7 +175,9 @@ async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePer
     }
 }
 
-async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snapshot>>) {
+/// Watches `held` through the shared prefix reads. A subscription whose
+/// reader stopped is replaced, never given up: the key would go unwatched.
+async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snapshot>>, prefix_watch: Arc<PrefixWatch>) {
     loop {
         let current = snapshots.borrow_and_update().clone();
         // A read from before our grant does not show our key yet.
@@ -169,7 +191,9 @@ async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snaps
             () = held.stop.cancelled() => return,
             _ = held.loss.fired() => return,
             _ = held.session.ended().fired() => return held.loss.fire(LostReason::SessionEnded),
-            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = snapshots.changed() => if changed.is_err() {
+                snapshots = prefix_watch.subscribe();
+            },
         }
     }
 }
@@ -209,5 +233,41 @@ async fn read_prefix(api: Api, prefix: String, sender: watch::Sender<Option<Snap
 async fn until_alone(sender: &watch::Sender<Option<Snapshot>>) {
     while sender.receiver_count() > 1 {
         sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConsulConfig;
+
+    /// Lead 10 of the safety issue: a held key watched through the shared
+    /// prefix read whose subscription closes (its reader stopped just as the
+    /// key subscribed) must subscribe again, not stop watching silently.
+    /// Needs the Consul agent that `scripts/services start consul` runs (or
+    /// `DISTLOCK_CONSUL_ADDR`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_key_whose_prefix_subscription_closes_is_watched_again() {
+        let prefix = format!("distlock-unit/{}/", uuid::Uuid::new_v4().simple());
+        let config = ConsulConfig::from_env().prefix(prefix.clone()).session_ttl(Duration::from_secs(10));
+        let api = Api::new(&config).unwrap_or_else(|e| panic!("bad Consul configuration: {e}"));
+        let session = Session::start(&api, &config, None)
+            .await
+            .unwrap_or_else(|e| panic!("Consul is not reachable ({e}): start it with `scripts/services start consul`"));
+        let held = Held {
+            // Never written: the first fresh read shows it gone.
+            kv_key: format!("{prefix}gone/.lock"),
+            modify_index: 1,
+            session,
+            loss: LossSignal::new(),
+            stop: CancellationToken::new(),
+        };
+        let (reader, closed) = watch::channel(None);
+        drop(reader);
+        let prefix_watch = Arc::new(PrefixWatch::new(api, prefix));
+        tokio::spawn(watch_in_prefix(held.clone(), closed, prefix_watch));
+        let reported = tokio::time::timeout(Duration::from_secs(5), held.loss.fired()).await;
+        held.stop.cancel();
+        assert_eq!(reported.ok(), Some(LostReason::Revoked), "a key whose subscription closed went unwatched");
     }
 }

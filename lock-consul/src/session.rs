@@ -66,6 +66,13 @@ impl Session {
         self.ttl
     }
 
+    /// When the last renewal Consul confirmed (or the session's creation)
+    /// was sent: Consul counts the session's TTL, and so every lock's, from
+    /// there. A lock write does not renew the session.
+    pub(crate) fn confirmed_at(&self) -> Option<Instant> {
+        self.renewal.last_confirmed()
+    }
+
     /// Renews the session, at most one request at a time and about once a
     /// quarter TTL however many locks ask: returns when the proof was sent.
     pub(crate) async fn renew(&self, api: &Api, key: &LockKey) -> Result<Instant, LockError> {

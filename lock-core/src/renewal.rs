@@ -55,6 +55,12 @@ impl SharedRenewal {
         }
     }
 
+    /// The send time of the last confirmation, however old: the service
+    /// counts the session's TTL from it.
+    pub fn last_confirmed(&self) -> Option<Instant> {
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The send time of the last confirmation, if it is still fresh.
     pub fn recent(&self) -> Option<Instant> {
         let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
