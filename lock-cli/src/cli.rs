@@ -71,9 +71,17 @@ pub struct ExecArgs {
     /// What to do with CMD when the lock is lost.
     #[arg(long, value_enum, default_value_t = OnLost::Terminate)]
     pub on_lost: OnLost,
-    /// With --on-lost terminate: how long CMD has between SIGTERM and SIGKILL.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub grace: Duration,
+    /// With --on-lost terminate: how long CMD has between SIGTERM and
+    /// SIGKILL. With etcd, ZooKeeper and Consul, whose locks expire, CMD is
+    /// killed before the lock can be granted elsewhere: SIGTERM comes as soon
+    /// as the lock is provably held for only this long (no renewal confirmed
+    /// in time, e.g. cut off from the service), so the grace must fit in the
+    /// TTL: at most TTL - TTL/5 - TTL/3 - 2 renewal retries (TTL/10, at most
+    /// 1s each), e.g. 800ms for a 3s TTL, 5s for 15s, 26s for 60s; a longer
+    /// one is refused (exit 78). Default: 10s, or the most that fits the TTL
+    /// if less. With the file backend any grace fits (default 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub grace: Option<Duration>,
     /// The owner string other clients see (default: host:pid:random).
     #[arg(long)]
     pub owner: Option<String>,
@@ -87,7 +95,7 @@ pub struct ExecArgs {
 pub enum OnLost {
     /// SIGTERM, then SIGKILL after --grace.
     Terminate,
-    /// SIGKILL at once.
+    /// SIGKILL as soon as the lock is lost.
     Kill,
 }
 

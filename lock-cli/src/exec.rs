@@ -3,14 +3,16 @@
 use std::io::ErrorKind;
 use std::os::unix::process::ExitStatusExt;
 
-use distlock::{LockGuard, Locks};
+use distlock::{LockGuard, LockOptions, Locks, LostReason};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
 
-use crate::cli::{ExecArgs, OnLost, backend_url};
+use crate::cli::{ExecArgs, backend_url};
+use crate::grace::Stop;
 use crate::terminal::{self, ForegroundTerminal};
 use crate::{exit, indicator};
 
@@ -32,7 +34,24 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
         Ok(locks) => locks,
         Err(error) => return fail(&error),
     };
-    let guard = match acquire(&locks, &args).await {
+    // The TTL in force is known only now, from the backend (it may come from
+    // --ttl, the URL or the backend's default); the grace must fit it, and
+    // is checked before the lock is taken, not when it is about to be lost.
+    let capabilities = locks.capabilities();
+    let options = lock_options(&args);
+    if let Err(error) = options.validate(locks.backend_name(), &capabilities) {
+        return fail(&error);
+    }
+    let ttl = options.effective_ttl(&capabilities);
+    let stop = match Stop::plan(args.on_lost, args.grace, &capabilities, ttl) {
+        Ok(stop) => stop,
+        Err(too_long) => {
+            eprintln!("distlock: {too_long}");
+            return exit::CONFIG;
+        }
+    };
+    debug!(?ttl, ?stop, "how the command is stopped if the lock is lost");
+    let guard = match acquire(&locks, &args, options).await {
         Ok(Some(guard)) => guard,
         Ok(None) => {
             let holder = locks.inspect(key).await.ok().flatten();
@@ -56,7 +75,7 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
             return if error.kind() == ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
         }
     };
-    let code = supervise(child, guard, &args, terminal.as_ref()).await;
+    let code = supervise(child, guard, stop, terminal.as_ref()).await;
     if let Some(terminal) = &terminal {
         terminal.take_back();
     }
@@ -85,14 +104,24 @@ fn command_line(program: &str, arguments: &[String], to_foreground: bool) -> Com
     command
 }
 
-async fn acquire(locks: &Locks, args: &ExecArgs) -> Result<Option<LockGuard>, distlock::LockError> {
-    let mut request = locks.lock(&args.target.key);
+/// The options `args` ask for.
+fn lock_options(args: &ExecArgs) -> LockOptions {
+    let mut options = LockOptions::new();
     if let Some(ttl) = args.ttl {
-        request = request.ttl(ttl);
+        options = options.ttl(ttl);
     }
     if let Some(owner) = &args.owner {
-        request = request.owner(owner.clone());
+        options = options.owner(owner.clone());
     }
+    options
+}
+
+async fn acquire(
+    locks: &Locks,
+    args: &ExecArgs,
+    options: LockOptions,
+) -> Result<Option<LockGuard>, distlock::LockError> {
+    let mut request = locks.lock(&args.target.key).options(options);
     if args.no_wait {
         return request.try_acquire().await;
     }
@@ -111,11 +140,12 @@ fn unreachable_pending() -> Result<LockGuard, distlock::LockError> {
     Err(distlock::LockError::backend("distlock", None, "the waiting indicator stopped"))
 }
 
-/// Waits for the command, forwarding signals to it and stopping it if the
-/// lock is lost; releases the lock when it exits.
+/// Waits for the command, forwarding signals to it and stopping it as
+/// `stop` says when the lock is lost or about to be; releases the lock when
+/// it exits.
 /// With a terminal, it also follows the command's stops (see
 /// [`ForegroundTerminal::stop_with_command`]).
-async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal: Option<&ForegroundTerminal>) -> u8 {
+async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Option<&ForegroundTerminal>) -> u8 {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
     let mut child_changes = match terminal.map(|_| signal(SignalKind::child())) {
         Some(Ok(stream)) => Some(stream),
@@ -133,7 +163,15 @@ async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal
         }
     }
     let mut lost = false;
-    let mut kill_at: Option<tokio::time::Instant> = None;
+    // Whether the command has been told to stop.
+    let mut stopping = false;
+    let mut kill_at: Option<Instant> = None;
+    // With an expiring lock: when it will be provably held for no longer
+    // than the grace, unless renewed meanwhile; SIGTERM is due then.
+    let mut term_check_at = match stop {
+        Stop::BeforeExpiry { grace } => Some(Instant::now() + guard.remaining().saturating_sub(grace)),
+        Stop::Kill | Stop::AfterLoss { .. } => None,
+    };
     let status = loop {
         let forwarded = async {
             let waits =
@@ -142,23 +180,60 @@ async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal
         };
         tokio::select! {
             status = child.wait() => break status,
-            reason = guard.lost(), if !lost => {
-                lost = true;
-                eprintln!("distlock: lock {} lost ({reason}); stopping the command", guard.key());
-                match args.on_lost {
-                    OnLost::Kill => send(pid, Signal::SIGKILL),
-                    OnLost::Terminate => {
-                        send(pid, Signal::SIGTERM);
-                        kill_at = Some(tokio::time::Instant::now() + args.grace);
-                    }
-                }
-                // A stopped command takes the signal only once continued.
-                match (terminal, pid) {
-                    (Some(terminal), Some(pid)) => terminal.continue_command(pid),
-                    _ => send(pid, Signal::SIGCONT),
+            () = at(term_check_at) => {
+                term_check_at = None;
+                let Stop::BeforeExpiry { grace } = stop else { continue };
+                let remaining = guard.remaining();
+                if remaining > grace {
+                    // Renewed since the check was set: the lock is fine.
+                    term_check_at = Some(Instant::now() + (remaining - grace));
+                } else if !remaining.is_zero() {
+                    // (Zero: the guard reports the loss at once; see below.)
+                    stopping = true;
+                    let left = humantime::format_duration(round_to_millis(remaining));
+                    eprintln!(
+                        "distlock: lock {} not renewed in time: it may be lost in {left}; stopping the command \
+                         (SIGTERM now, SIGKILL in {left})",
+                        guard.key()
+                    );
+                    stop_command(pid, Signal::SIGTERM, terminal);
+                    // When the guard gives the lock up, still before the
+                    // service can grant it elsewhere.
+                    kill_at = Some(Instant::now() + remaining);
                 }
             }
-            () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+            reason = guard.lost(), if !lost => {
+                lost = true;
+                term_check_at = None;
+                let key = guard.key();
+                match stop {
+                    Stop::Kill => {
+                        eprintln!("distlock: lock {key} lost ({reason}); killing the command");
+                        stop_command(pid, Signal::SIGKILL, terminal);
+                    }
+                    // Lost by the guard's clock: the service may grant the
+                    // lock elsewhere from now on, so whatever grace was left
+                    // is over (also when distlock itself was suspended or
+                    // starved past the SIGTERM it was due to send).
+                    Stop::BeforeExpiry { .. } if matches!(reason, LostReason::NotConfirmed { .. }) => {
+                        eprintln!("distlock: lock {key} lost ({reason}); killing the command");
+                        kill_at = None;
+                        stop_command(pid, Signal::SIGKILL, terminal);
+                    }
+                    // SIGTERM was sent already; SIGKILL comes as planned.
+                    Stop::BeforeExpiry { .. } if stopping => eprintln!("distlock: lock {key} lost ({reason})"),
+                    // The service ended the lock without warning (an
+                    // operator revoked the lease or deleted the key): as
+                    // when a file lock is broken, the command gets its grace.
+                    Stop::BeforeExpiry { grace } | Stop::AfterLoss { grace } => {
+                        eprintln!("distlock: lock {key} lost ({reason}); stopping the command");
+                        stop_command(pid, Signal::SIGTERM, terminal);
+                        kill_at = Some(Instant::now() + grace);
+                    }
+                }
+                stopping = true;
+            }
+            () = at(kill_at) => {
                 kill_at = None;
                 send(pid, Signal::SIGKILL);
             }
@@ -180,8 +255,8 @@ async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal
         }
     };
     let released = guard.release().await;
-    if lost || matches!(released, Err(distlock::LockError::Lost { .. })) {
-        if !lost {
+    if stopping || matches!(released, Err(distlock::LockError::Lost { .. })) {
+        if !stopping {
             eprintln!("distlock: the lock was lost before the command finished");
         }
         return exit::LOST;
@@ -199,6 +274,29 @@ async fn supervise(mut child: Child, guard: LockGuard, args: &ExecArgs, terminal
             eprintln!("distlock: lost track of the command: {error}");
             exit::UNAVAILABLE
         }
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// For messages: whole milliseconds.
+fn round_to_millis(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sends `sig` to the command's process group, and continues it if it is
+/// stopped, since a stopped command takes the signal only once continued.
+fn stop_command(pid: Option<Pid>, sig: Signal, terminal: Option<&ForegroundTerminal>) {
+    send(pid, sig);
+    match (terminal, pid) {
+        (Some(terminal), Some(pid)) => terminal.continue_command(pid),
+        _ => send(pid, Signal::SIGCONT),
     }
 }
 

@@ -23,7 +23,7 @@ Exit codes:
   69    the lock backend could not be reached or failed
   74    the lock was lost while the command ran (the command was terminated)
   75    the lock was not acquired (--no-wait and held elsewhere, or --wait elapsed)
-  78    malformed backend URL, key or option
+  78    malformed backend URL, key or option, or a --grace the TTL cannot honour
   126   the command could not be executed
   127   the command was not found
 

@@ -11,10 +11,12 @@
 mod cli;
 mod exec;
 mod exit;
+mod grace;
 mod indicator;
 mod status;
 mod terminal;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,6 +31,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
+        // Colour codes only where a terminal shows them, not in logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let cli::Command::Foreground { command } = &cli.command {
         return ExitCode::from(terminal::exec_in_foreground(command));
