@@ -33,6 +33,11 @@ pub struct Report {
 /// keeps contending for `bound` more, and checks exclusion, token order and
 /// that a grant came within `bound` of the kill.
 ///
+/// The clients wait for the lock without a deadline: a waiter that misses
+/// its turn across the failover hangs, and the run fails when the workers
+/// have not all finished within `bound` after contending stopped (a deadline
+/// on each wait would hide such a hang behind a timeout and a retry).
+///
 /// # Panics
 /// When any of those fails.
 pub async fn contend_through_failover(
@@ -52,7 +57,19 @@ pub async fn contend_through_failover(
     assert!(before > 0, "no grants before the leader was killed");
     kill();
     let killed_at = Instant::now();
-    while workers.join_next().await.is_some() {}
+    let finished = tokio::time::timeout_at(until + bound, async {
+        while let Some(worker) = workers.join_next().await {
+            if let Err(panicked) = worker {
+                std::panic::resume_unwind(panicked.into_panic());
+            }
+        }
+    })
+    .await;
+    assert!(
+        finished.is_ok(),
+        "a waiter hung: {} client(s) still waiting for the lock {bound:?} after contending stopped",
+        workers.len()
+    );
 
     let mut holdings = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
     holdings.sort_by_key(|h: &Holding| h.start);
@@ -71,7 +88,12 @@ pub async fn contend_through_failover(
 
 async fn contend(locks: Locks, key: LockKey, until: Instant, log: Arc<Mutex<Vec<Holding>>>) {
     while Instant::now() < until {
-        let Ok(guard) = locks.lock(key.as_str()).wait(Duration::from_secs(5)).acquire().await else { continue };
+        // No deadline: see `contend_through_failover`.
+        let Ok(guard) = locks.lock(key.as_str()).acquire().await else {
+            // Unavailable while the cluster elects a leader: try again soon.
+            sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         let start = Instant::now();
         tokio::select! {
             _ = guard.lost() => {}
