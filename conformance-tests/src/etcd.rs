@@ -117,6 +117,30 @@ impl EtcdHarness {
     }
 }
 
+/// Starts an etcd of the test's own on free loopback ports (plain HTTP), for
+/// faults that must not reach other tests' service, such as pausing it;
+/// returns it with its client URL. Stopped when the server is dropped.
+///
+/// # Panics
+/// When etcd is not installed or cannot be started.
+pub fn start_private_etcd(name: &str) -> (crate::process::PrivateServer, String) {
+    use crate::process::{PrivateServer, free_port};
+    let binary = crate::services_dir().join("bin/etcd");
+    assert!(binary.exists(), "no etcd at {}: run `scripts/services install etcd`", binary.display());
+    let (port, peer) = (free_port(), free_port());
+    let dir = PrivateServer::scratch_dir(name);
+    let client_url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut command = std::process::Command::new(binary);
+    command
+        .args(["--name", name, "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("{name}={peer_url}"), "--log-level", "error"]);
+    (PrivateServer::spawn(command, dir), client_url)
+}
+
 impl std::fmt::Debug for EtcdHarness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdHarness")

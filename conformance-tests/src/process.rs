@@ -55,6 +55,30 @@ impl PrivateServer {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Pauses the server (SIGSTOP): it keeps its connections and answers
+    /// nothing, as a server stuck in a long GC or a frozen VM would, until
+    /// [`resume`](Self::resume).
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([format!("-{name}").as_str(), "--", pid.as_str()]).status();
+        assert!(matches!(sent, Ok(status) if status.success()), "cannot send SIG{name} to server {pid}: {sent:?}");
+    }
 }
 
 impl Drop for PrivateServer {

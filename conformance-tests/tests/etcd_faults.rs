@@ -100,3 +100,62 @@ async fn waiter_sees_a_release_made_while_its_stream_was_down() {
     };
     timeout(Duration::from_secs(10), freed).await.unwrap_or_else(|_| panic!("the released key was left behind"));
 }
+
+/// The server itself paused (SIGSTOP) past the TTL, then resumed: the
+/// holder, which can no longer renew, reports its loss by its own clock
+/// during the pause, before anyone can be granted the lock after it; once the
+/// server is back, a waiter gets the lock with a greater token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_paused_past_the_ttl_the_holder_learns_first() {
+    let (etcd, endpoint) = conformance_tests::etcd::start_private_etcd("etcd-paused");
+    let h = EtcdHarness::from_env();
+    let config = h.config(&endpoint).connect_timeout(Duration::from_secs(1)).request_timeout(Duration::from_secs(1));
+    let connect = || async {
+        // etcd-client connects lazily; the private etcd may still be starting.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let attempt = match lock_etcd::EtcdLock::connect(config.clone()).await {
+                Ok(lock) => {
+                    let locks = lock_core::Locks::new(lock);
+                    locks.inspect("probe").await.map(|_| locks)
+                }
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(locks) => return locks,
+                Err(error) if Instant::now() > deadline => panic!("the private etcd never answered: {error}"),
+                Err(_) => sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    let (holder, waiter) = (connect().await, connect().await);
+    let key = "paused server";
+    let guard = holder.lock(key).try_acquire().await.ok().flatten();
+    let guard = guard.unwrap_or_else(|| panic!("could not take a free key"));
+    let waiting = tokio::spawn(async move {
+        // A waiter whose own lease expired in the pause starts again.
+        loop {
+            match waiter.lock(key).acquire().await {
+                Ok(granted) => return (Instant::now(), granted),
+                Err(_) => sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    sleep(Duration::from_millis(500)).await;
+    etcd.pause();
+    let paused_at = Instant::now();
+    let lost = timeout(h.ttl() * 2, guard.lost()).await;
+    let lost_at = Instant::now();
+    assert!(lost.is_ok(), "the holder was not told within twice the TTL that it can no longer prove its lock");
+    sleep(Duration::from_millis(500)).await;
+    etcd.resume();
+    let (granted_at, next) = timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("no grant within 30 s of the server's resumption"))
+        .unwrap_or_else(|e| panic!("the waiter failed: {e}"));
+    assert!(lost_at < granted_at, "granted to the waiter before the holder learned of its loss");
+    assert!(lost_at - paused_at <= h.ttl(), "loss reported {:?} into the pause", lost_at - paused_at);
+    assert!(next.token() > guard.token(), "the token did not increase across the pause");
+    let _ = next.release().await;
+    drop(etcd);
+}
