@@ -54,6 +54,8 @@ impl Default for FileHarness {
 impl Drop for FileHarness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Left by `unreachable_client`.
+        let _ = std::fs::remove_file(self.dir.with_extension("not-a-directory"));
     }
 }
 

@@ -5,9 +5,58 @@
 //! Key `K` is the file `{dir}/{K percent-encoded}.lock` (every byte outside
 //! `[A-Za-z0-9_-]` as `%XX`; names too long for the file system become
 //! `sha256-{hex}.lock`), so distinct keys never share a file.
+//!
+//! # Loss
+//!
+//! A lock is held while its holder keeps the lock file open and locked, and
+//! the key's path still names that file. Deleting or replacing the file
+//! (a tmp cleaner, an operator) lets another client lock a new file at the
+//! path at once, so the holder is reported lost within a second: one inotify
+//! watch on the directory per client reports it at once, and every held file
+//! is checked against its path each second besides (on the tokio runtime
+//! that took the lock). All file work runs on tokio's blocking pool, never on
+//! the runtime's own threads.
+//!
+//! # Fencing tokens, and where to keep the directory
+//!
+//! Every grant's token is recorded on disk in the directory's token counter,
+//! `{dir}/.distlock-tokens/issued`, before it is handed out, and the counter
+//! is replaced atomically (written beside it, flushed, renamed over it), so a
+//! crash can never tear it. Tokens of a key therefore never repeat or go back
+//! while the directory survives, whatever happens to the lock files: deleted
+//! or replaced while held or free, emptied, or half-written by a crash.
+//!
+//! Tokens survive exactly as long as the directory does. A directory under
+//! `$XDG_RUNTIME_DIR` (the `distlock` CLI's default) is removed at the
+//! user's last logout and at reboot, and one under `/tmp` (the CLI's
+//! fallback) is emptied at reboot on many systems and aged out by tmp
+//! cleaners: tokens then start again from 1. Use such a directory to
+//! serialise jobs on one machine; when the tokens fence writes to a resource
+//! that outlives a reboot, keep the locks in a persistent directory such as
+//! `/var/lib/<app>/locks` (`file:///var/lib/<app>/locks`). Never remove
+//! `.distlock-tokens` from a directory in use.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), lock_core::LockError> {
+//! use lock_core::Locks;
+//! use lock_file::FileLock;
+//!
+//! let locks = Locks::new(FileLock::new("/var/lib/myapp/locks")?);
+//! let guard = locks.lock("deploy").acquire().await?;
+//! let token = guard.token(); // send with every write the lock protects
+//! # let _ = token;
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
 
+mod counter;
+mod held;
+mod identity;
 mod layout;
 mod lock;
+mod monitor;
 mod record;
+mod take;
 
 pub use lock::FileLock;

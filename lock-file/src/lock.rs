@@ -1,48 +1,53 @@
-//! The file lock recipe.
+//! The file lock recipe: the `DistributedLock` operations, with every file
+//! operation on the blocking pool.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use inotify::{Inotify, WatchMask};
-use lock_core::{
-    Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal, LostReason,
-};
+use inotify::EventStream;
+use lock_core::{Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LostReason};
 use tokio::time::{Instant, sleep};
+use tracing::debug;
 
+use crate::counter::TokenCounter;
+use crate::held::{Held, Session, Slot, lock};
 use crate::layout::lock_path;
-use crate::record::Record;
-
-const BACKEND: &str = "file";
-
-/// A missed close event costs at most this long a wait.
-const BACKSTOP: Duration = Duration::from_secs(1);
+use crate::monitor::{BACKSTOP, Monitor, Watched};
+use crate::take::{Attempt, BACKEND, Grant, Target, inspect, unavailable};
 
 /// Locks on one machine with no server: one file per key in a directory,
 /// locked with the OS's advisory file lock (`flock`).
 ///
 /// Works across processes and across clients of one process; the kernel
 /// releases a lock when its holder dies, so there is no TTL (the TTL option
-/// only sets how often a guard checks that its file is still the one at the
-/// key's path). The fencing token is kept in the lock file, incremented and
-/// flushed to disk under the lock, so it keeps increasing across restarts.
-/// Each file also records the holder's owner string for `inspect`. Lock files
-/// are never deleted: they carry the key's fencing counter.
+/// only sets how often a guard renews, which checks that its file is still
+/// the one at the key's path).
 ///
-/// Waiters are woken by inotify close events on the lock file (a dying
-/// holder's descriptor is closed by the kernel, which raises one too), with a
-/// one-second backstop against a missed event.
+/// A holder whose lock file is deleted or replaced (by a tmp cleaner, an
+/// operator) is reported lost within a second: an inotify watch on the
+/// directory reports it at once, and every held file is checked every second
+/// besides.
+///
+/// The fencing token of each grant is first recorded durably in the
+/// directory's token counter (`.distlock-tokens/issued`, replaced atomically
+/// and flushed to disk), then copied into the lock file, so tokens keep
+/// increasing across restarts, crashes, and lock files deleted, replaced or
+/// emptied. They restart only if the whole directory is lost: keep it on
+/// persistent storage (see the crate documentation).
+///
+/// Waiters are woken by inotify events on the lock file (its close, deletion
+/// or replacement; a dying holder's descriptor is closed by the kernel, which
+/// raises one too), with a one-second backstop against a missed event.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), lock_core::LockError> {
 /// use lock_core::Locks;
 /// use lock_file::FileLock;
 ///
-/// let locks = Locks::new(FileLock::new("/run/user/1000/distlock")?);
+/// let locks = Locks::new(FileLock::new("/var/lib/myapp/locks")?);
 /// let guard = locks.lock("deploy").acquire().await?;
 /// guard.release().await?;
 /// # Ok(())
@@ -51,23 +56,9 @@ const BACKSTOP: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct FileLock {
     dir: PathBuf,
+    tokens: TokenCounter,
+    monitor: Monitor,
     session: Mutex<Arc<Session>>,
-}
-
-/// The client's open lock files; ending it closes them all, as the death of
-/// the process would.
-#[derive(Debug, Default)]
-struct Session {
-    ended: LossSignal,
-    held: Mutex<Vec<Weak<Held>>>,
-}
-
-/// One held lock file; the lock is released when the file is closed.
-#[derive(Debug)]
-struct Held {
-    file: Mutex<Option<File>>,
-    path: PathBuf,
-    session: Arc<Session>,
 }
 
 impl FileLock {
@@ -80,13 +71,15 @@ impl FileLock {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| unavailable(None, &dir, e))?;
         let probe = dir.join(".distlock-probe");
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&probe)
             .map_err(|e| unavailable(None, &dir, e))?;
-        Ok(Self { dir, session: Mutex::default() })
+        let tokens = TokenCounter::new(&dir);
+        tokens.prepare().map_err(|e| unavailable(None, &tokens.path(), e))?;
+        Ok(Self { monitor: Monitor::new(&dir), dir, tokens, session: Mutex::default() })
     }
 
     /// The directory holding the lock files.
@@ -95,105 +88,63 @@ impl FileLock {
     }
 
     /// Closes every lock file this client holds and fails its waiters, as
-    /// if its process had died; later requests start afresh.
+    /// if its process had died; their guards report the loss at once. Later
+    /// requests start afresh.
     pub fn end_session(&self) {
-        let mut current = lock(&self.session);
-        let ended = std::mem::take(&mut *current);
-        ended.ended.fire(LostReason::SessionEnded);
-        for held in lock(&ended.held).drain(..).filter_map(|held| held.upgrade()) {
-            lock(&held.file).take();
-        }
+        let ended = std::mem::take(&mut *lock(&self.session));
+        ended.end();
     }
 
     fn session(&self) -> Arc<Session> {
         Arc::clone(&lock(&self.session))
     }
 
-    fn open(&self, key: &LockKey, path: &Path) -> Result<File, LockError> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| unavailable(Some(key), path, e))
-    }
-
-    /// Takes the lock on an open file if it is free and still the file at
-    /// `path` (an unlinked file would be a lock nobody else can see).
-    fn try_take(&self, key: &LockKey, file: &File, path: &Path) -> Result<Taken, LockError> {
-        match file.try_lock() {
-            Ok(()) if same_file(file, path) => Ok(Taken::Yes),
-            Ok(()) => {
-                let _ = file.unlock();
-                Ok(Taken::Replaced)
-            }
-            Err(TryLockError::WouldBlock) => Ok(Taken::No),
-            Err(TryLockError::Error(e)) => Err(unavailable(Some(key), path, e)),
-        }
-    }
-
-    /// Records the grant in the locked file and wraps it in a lease.
-    async fn grant(
-        &self,
-        key: &LockKey,
-        options: &LockOptions,
-        mut file: File,
-        path: PathBuf,
-    ) -> Result<Lease, LockError> {
-        let (owner, key_text) = (options.owner_value().to_owned(), key.as_str().to_owned());
-        let confirmed_at = Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut record = Record::read(&mut file)?;
-            if !record.key.is_empty() && record.key != key_text {
-                return Err(std::io::Error::other(format!("lock file belongs to key {:?}", record.key)));
-            }
-            record.token += 1;
-            record.owner = owner;
-            record.key = key_text;
-            record.since = Record::now();
-            record.write(&mut file)?;
-            Ok((file, record))
+    fn target(&self, key: &LockKey, options: &LockOptions) -> Arc<Target> {
+        Arc::new(Target {
+            key: key.clone(),
+            path: lock_path(&self.dir, key),
+            owner: options.owner_value().to_owned(),
+            tokens: self.tokens.clone(),
         })
-        .await
-        .map_err(|e| LockError::backend(BACKEND, Some(key), e))?;
-        let (file, record) = written.map_err(|e| LockError::backend(BACKEND, Some(key), e))?;
-        let session = self.session();
-        let held = Arc::new(Held { file: Mutex::new(Some(file)), path, session: Arc::clone(&session) });
-        lock(&session.held).push(Arc::downgrade(&held));
+    }
+
+    /// One attempt on `file`, on the blocking pool. A dropped call still
+    /// completes there; a grant nobody receives is dropped, which unlocks it.
+    async fn attempt(target: &Arc<Target>, file: std::fs::File) -> Result<Attempt, LockError> {
+        let target_for_pool = Arc::clone(target);
+        blocking(&target.key, move || target_for_pool.attempt(file)).await
+    }
+
+    /// Wraps a grant in a lease watched for the deletion of its file.
+    fn lease(&self, target: &Target, options: &LockOptions, grant: Grant, confirmed_at: Instant) -> Lease {
+        let Grant { file, id, record } = grant;
+        let watched = Arc::new(Watched::new(target.key.clone(), target.path.clone(), id));
+        let loss = watched.loss().clone();
+        let held = Held::register(file, Arc::clone(&watched), self.session());
+        self.monitor.watch(&watched);
         let ttl = options.effective_ttl(&self.capabilities());
-        Ok(Lease::new(key.clone(), record.fencing_token(), record.owner, ttl, confirmed_at, LossSignal::new(), held))
+        debug!(backend = BACKEND, key = %target.key, token = record.token, "granted");
+        Lease::new(target.key.clone(), record.fencing_token(), record.owner, ttl, confirmed_at, loss, held)
     }
 
     fn held(lease: &Lease) -> Result<&Held, LockError> {
         lease.backend_data_for::<Held>(BACKEND)
     }
 
-    /// Why the lease is no longer ours, if it is not.
-    fn check(lease: &Lease, held: &Held, file: Option<&File>) -> Result<(), LockError> {
-        if lease.is_released() {
-            return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
-        }
-        let reason = match file {
-            None => Some(LostReason::SessionEnded),
-            Some(_) if held.session.ended.is_fired() => Some(LostReason::SessionEnded),
-            Some(file) if !same_file(file, &held.path) => Some(LostReason::Revoked),
-            Some(_) => None,
-        };
-        match reason.or_else(|| lease.loss_signal().reason()) {
-            Some(reason) => {
-                lease.loss_signal().fire(reason.clone());
-                Err(LockError::Lost { backend: BACKEND, key: lease.key().clone(), reason })
+    /// What the client knows without touching the file: `NotHeld` once
+    /// released, `Lost` once closed with its session or reported lost.
+    fn ensure_held(lease: &Lease, held: &Held) -> Result<(), LockError> {
+        match &*held.slot() {
+            Slot::Released => {
+                // A release whose future was dropped still finished.
+                lease.mark_released();
+                return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
             }
-            None => Ok(()),
+            Slot::Closed => lease.loss_signal().fire(LostReason::SessionEnded),
+            Slot::Open(_) => {}
         }
+        lease.ensure_held(BACKEND, Some(&held.session.ended))
     }
-}
-
-enum Taken {
-    Yes,
-    No,
-    Replaced,
 }
 
 #[async_trait]
@@ -214,19 +165,27 @@ impl DistributedLock for FileLock {
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
         let session = self.session();
-        let path = lock_path(&self.dir, key);
+        let target = self.target(key, options);
+        let mut replaced = Replacements::default();
         loop {
-            let file = self.open(key, &path)?;
+            replaced.next(&target)?;
             // Watch before trying, so a release between the two is not missed.
-            let mut closes = close_events(&path).map_err(|e| unavailable(Some(key), &path, e))?;
+            let opened = Arc::clone(&target);
+            let (mut file, frees) = blocking(key, move || Ok((opened.open()?, opened.watch_frees()))).await?;
+            let mut frees = frees.and_then(|frees| frees.into_event_stream(vec![0; 1024]).ok());
             loop {
-                match self.try_take(key, &file, &path)? {
-                    Taken::Yes => return self.grant(key, options, file, path).await,
-                    Taken::Replaced => break,
-                    Taken::No => {}
+                let confirmed_at = Instant::now();
+                match Self::attempt(&target, file).await? {
+                    Attempt::Granted(grant) => return Ok(self.lease(&target, options, grant, confirmed_at)),
+                    Attempt::Replaced => break,
+                    Attempt::Busy(busy) => {
+                        // Waiting on a file that stays put is no spin.
+                        replaced = Replacements::default();
+                        file = busy;
+                    }
                 }
                 tokio::select! {
-                    _ = closes.next() => {}
+                    () = freed(&mut frees) => {}
                     () = sleep(BACKSTOP) => {}
                     _ = session.ended.fired() => {
                         return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
@@ -240,13 +199,16 @@ impl DistributedLock for FileLock {
     }
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
-        let path = lock_path(&self.dir, key);
+        let target = self.target(key, options);
+        let mut replaced = Replacements::default();
         loop {
-            let file = self.open(key, &path)?;
-            match self.try_take(key, &file, &path)? {
-                Taken::Yes => return self.grant(key, options, file, path).await.map(Some),
-                Taken::No => return Ok(None),
-                Taken::Replaced => {}
+            replaced.next(&target)?;
+            let confirmed_at = Instant::now();
+            let attempt = Arc::clone(&target);
+            match blocking(key, move || attempt.attempt(attempt.open()?)).await? {
+                Attempt::Granted(grant) => return Ok(Some(self.lease(&target, options, grant, confirmed_at))),
+                Attempt::Busy(_) => return Ok(None),
+                Attempt::Replaced => {}
             }
         }
     }
@@ -254,65 +216,105 @@ impl DistributedLock for FileLock {
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
         let held = Self::held(lease)?;
         let checked = Instant::now();
-        Self::check(lease, held, lock(&held.file).as_ref())?;
+        Self::ensure_held(lease, held)?;
+        let watched = Arc::clone(&held.watched);
+        if !blocking(lease.key(), move || Ok(watched.is_at_path())).await? {
+            held.watched.revoke();
+            return Err(LockError::lost(BACKEND, lease.key(), LostReason::Revoked));
+        }
+        // A loss reported while the file was being checked wins.
+        Self::ensure_held(lease, held)?;
         Ok(checked)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let held = Self::held(lease)?;
-        let mut slot = lock(&held.file);
-        Self::check(lease, held, slot.as_ref())?;
-        if let Some(mut file) = slot.take() {
-            // Clear the owner but keep the counter; closing the file unlocks it.
-            if let Ok(mut record) = Record::read(&mut file) {
-                record.owner.clear();
-                let _ = record.write(&mut file);
+        Self::ensure_held(lease, held).or_else(|error| match error {
+            // A lost lock is still closed below, so what is ours is freed.
+            LockError::Lost { .. } => Ok(()),
+            other => Err(other),
+        })?;
+        // Take the file out before anything can be cancelled: from here on,
+        // the lock is closed by the blocking task below even if this future
+        // is dropped, and later calls find it released.
+        let file = {
+            let mut slot = held.slot();
+            match std::mem::replace(&mut *slot, Slot::Released) {
+                Slot::Open(file) => file,
+                Slot::Closed => {
+                    *slot = Slot::Closed;
+                    return Err(LockError::lost(BACKEND, lease.key(), LostReason::SessionEnded));
+                }
+                Slot::Released => {
+                    lease.mark_released();
+                    return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
+                }
+            }
+        };
+        held.watched.retire();
+        let watched = Arc::clone(&held.watched);
+        // Closing the file unlocks it; the record keeps the last grant's token
+        // and owner, which `inspect` ignores once the file is unlocked.
+        let was_ours = blocking(lease.key(), move || {
+            let was_ours = watched.is_at_path();
+            drop(file);
+            Ok(was_ours)
+        })
+        .await?;
+        if !was_ours {
+            held.watched.revoke();
+        }
+        match lease.loss_signal().reason() {
+            Some(reason) => Err(LockError::lost(BACKEND, lease.key(), reason)),
+            None => {
+                lease.mark_released();
+                Ok(())
             }
         }
-        lease.mark_released();
-        Ok(())
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
-        let path = lock_path(&self.dir, key);
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(unavailable(Some(key), &path, e)),
-        };
-        match file.try_lock_shared() {
-            Ok(()) => Ok(None),
-            Err(TryLockError::WouldBlock) => {
-                let record = Record::read(&mut file).map_err(|e| unavailable(Some(key), &path, e))?;
-                let info = LockInfo::new(record.owner.clone(), record.fencing_token());
-                Ok(Some(match record.held_since() {
-                    Some(since) => info.with_held_since(since),
-                    None => info,
-                }))
-            }
-            Err(TryLockError::Error(e)) => Err(unavailable(Some(key), &path, e)),
+        let (owned, path) = (key.clone(), lock_path(&self.dir, key));
+        blocking(key, move || inspect(&owned, &path)).await
+    }
+}
+
+/// Completes on the next event that may have freed the lock file; never
+/// without a watch, which a failed watch falls back to (else a watch that
+/// fails at once would spin the waiter).
+async fn freed(frees: &mut Option<EventStream<Vec<u8>>>) {
+    let Some(stream) = frees else {
+        return std::future::pending().await;
+    };
+    if !matches!(stream.next().await, Some(Ok(_))) {
+        *frees = None;
+    }
+}
+
+/// Counts the times in a row a request opens a key's lock file, so that a
+/// path that never keeps naming the file just opened (replaced over and
+/// over, or one that cannot be looked up) fails the request instead of
+/// spinning.
+#[derive(Default)]
+struct Replacements(u32);
+
+impl Replacements {
+    const LIMIT: u32 = 100;
+
+    fn next(&mut self, target: &Target) -> Result<(), LockError> {
+        self.0 += 1;
+        if self.0 > Self::LIMIT {
+            let error = std::io::Error::other(format!("replaced {} times while being locked", Self::LIMIT));
+            return Err(unavailable(Some(&target.key), &target.path, error));
         }
+        Ok(())
     }
 }
 
-/// A stream of close (and delete or move) events of `path`.
-fn close_events(path: &Path) -> std::io::Result<inotify::EventStream<Vec<u8>>> {
-    let inotify = Inotify::init()?;
-    inotify.watches().add(path, WatchMask::CLOSE | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF)?;
-    inotify.into_event_stream(vec![0; 1024])
-}
-
-fn same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        _ => false,
-    }
-}
-
-fn unavailable(key: Option<&LockKey>, path: &Path, error: std::io::Error) -> LockError {
-    LockError::unavailable(BACKEND, key, format!("{}: {error}", path.display()))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    key: &LockKey,
+    work: impl FnOnce() -> Result<T, LockError> + Send + 'static,
+) -> Result<T, LockError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| LockError::backend(BACKEND, Some(key), e))?
 }

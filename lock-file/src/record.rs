@@ -1,9 +1,15 @@
-//! What a lock file holds: its fencing counter, the holder's owner string
-//! (empty when free), its key, and when the holder was granted it (Unix
-//! seconds).
+//! What a lock file holds: the token of its latest grant, the holder's owner
+//! string, its key, and when the holder was granted it (Unix seconds).
+//!
+//! The token here is a copy, for `inspect` and as a floor for the directory's
+//! counter (see `counter.rs`), which is the authority: a record that was
+//! deleted, emptied or torn by a crash can never make a token repeat. A
+//! record is never truncated before it is written, so it is never empty
+//! while a grant is being written to it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 use lock_core::FencingToken;
 
@@ -18,7 +24,7 @@ pub(crate) struct Record {
 
 impl Record {
     /// Reads the record; an empty or foreign file reads as token 0.
-    pub(crate) fn read(file: &mut File) -> std::io::Result<Self> {
+    pub(crate) fn read(mut file: &File) -> std::io::Result<Self> {
         let mut text = String::new();
         file.seek(SeekFrom::Start(0))?;
         file.read_to_string(&mut text)?;
@@ -30,14 +36,15 @@ impl Record {
         Ok(Self { token, owner, key, since })
     }
 
-    /// Replaces the file's contents with this record and flushes it to disk,
-    /// so a token is never handed out twice, even across a crash.
-    pub(crate) fn write(&self, file: &mut File) -> std::io::Result<()> {
+    /// Writes this record over the file's contents.
+    ///
+    /// Overwrites in place, then cuts off what is left of a longer old
+    /// record. Not flushed to disk: the token was made durable by the counter
+    /// before this is written, and the rest only informs `inspect`.
+    pub(crate) fn write(&self, file: &File) -> std::io::Result<()> {
         let text = format!("{}\n{}\n{}\n{}\n", self.token, self.owner, self.key, self.since);
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_data()
+        file.write_all_at(text.as_bytes(), 0)?;
+        file.set_len(text.len() as u64)
     }
 
     pub(crate) fn fencing_token(&self) -> FencingToken {
@@ -52,5 +59,29 @@ impl Record {
     /// Now, as Unix seconds.
     pub(crate) fn now() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shorter_record_replaces_a_longer_one_whole() {
+        let path = std::env::temp_dir().join(format!("lock-file-record-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let long = Record { token: 123456, owner: "a long owner name".into(), key: "k".into(), since: 99 };
+        let short = Record { token: 7, owner: "b".into(), key: "k".into(), since: 1 };
+        long.write(&file).unwrap_or_else(|e| panic!("{e}"));
+        short.write(&file).unwrap_or_else(|e| panic!("{e}"));
+        let read = Record::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read, short);
     }
 }
