@@ -21,7 +21,8 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// etcd parameters: `ttl` (lease TTL, whole seconds), `connect_timeout`,
 /// `request_timeout` (durations like `15s`, `500ms`), `user` and `password`,
 /// and for `etcds://` `ca`, `cert`, `key` (PEM file paths) and `domain`. The
-/// path is the key namespace (default `distlock/`).
+/// path is the key namespace (default `distlock/`): `/app` and `/app/` both
+/// mean `app/`, as for Consul.
 ///
 /// ZooKeeper parameters: `session_timeout` (the locks' TTL), `base` (the path
 /// lock directories live under, default `/distlock`), `connect_timeout`,
@@ -32,7 +33,7 @@ use lock_core::{LockError, Locks, MemoryLock, MemoryStore};
 /// stock Consul refuses less than 10 s), `lock_delay`, `token` (ACL token),
 /// `dc` (datacenter), `connect_timeout`, `request_timeout`, and for
 /// `consuls://` `ca` (a PEM file of trusted CAs). The path is the KV prefix
-/// (default `distlock/`).
+/// (default `distlock/`): `/app` and `/app/` both mean `app/`.
 ///
 /// # Errors
 /// [`LockError::InvalidConfig`] for a malformed URL, an unknown scheme or
@@ -131,8 +132,8 @@ async fn etcd(url: &BackendUrl) -> Result<Locks, LockError> {
     }
     let endpoints = url.authority.split(',').map(|host| format!("{http}://{host}"));
     let mut config = lock_etcd::EtcdConfig::new(endpoints);
-    if !url.path.is_empty() {
-        config = config.namespace(url.path.trim_start_matches('/'));
+    if let Some(namespace) = namespace_of(&url.path) {
+        config = config.namespace(namespace);
     }
     let mut tls_options = lock_etcd::EtcdTls::default();
     let mut user = None;
@@ -209,8 +210,8 @@ async fn consul(url: &BackendUrl) -> Result<Locks, LockError> {
     }
     let mut config =
         lock_consul::ConsulConfig::new(format!("{}://{}", if tls { "https" } else { "http" }, url.authority));
-    if !url.path.is_empty() && url.path != "/" {
-        config = config.prefix(url.path.trim_start_matches('/'));
+    if let Some(prefix) = namespace_of(&url.path) {
+        config = config.prefix(prefix);
     }
     if let Ok(token) = std::env::var(lock_consul::TOKEN_ENV)
         && !token.is_empty()
@@ -283,9 +284,26 @@ impl BackendUrl {
     }
 }
 
+/// The key namespace a URL path names, alike for etcd and Consul: `/app`
+/// and `/app/` both put every key under `app/`; no path (or `/`) keeps the
+/// backend's default.
+fn namespace_of(path: &str) -> Option<String> {
+    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    (!trimmed.is_empty()).then(|| format!("{trimmed}/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_names_the_same_namespace_with_or_without_its_slash() {
+        assert_eq!(namespace_of(""), None);
+        assert_eq!(namespace_of("/"), None);
+        assert_eq!(namespace_of("/app"), Some("app/".to_owned()));
+        assert_eq!(namespace_of("/app/"), Some("app/".to_owned()));
+        assert_eq!(namespace_of("/app/locks"), Some("app/locks/".to_owned()));
+    }
 
     #[test]
     fn splits_every_part() {
@@ -321,7 +339,6 @@ mod tests {
                 ("consul://h:1?ttl=soon", "ttl"),
                 ("consul://h:1?ca=x.pem", "consuls://"),
                 ("consul://a:1,b:1", "one agent"),
-                ("consul://h:1/no-trailing-slash", "prefix"),
                 ("consul://h:1?ttl=100ms", "session TTL"),
             ]);
         } else {

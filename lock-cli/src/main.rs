@@ -23,8 +23,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Without -v only distlock's own warnings show: the libraries' log
+    // lines (a client library's retry warnings, say) are diagnostics, and
+    // every failure reaches the user as distlock's own message.
     let level = match cli.verbose {
-        0 => "warn",
+        0 => "distlock=warn",
         1 => "info",
         _ => "debug",
     };

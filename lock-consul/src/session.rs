@@ -37,7 +37,7 @@ impl Session {
                     message: format!("Consul refused the session (TTL {:?}): {body}", config.session_ttl_value()),
                 });
             }
-            Err(e) => return Err(error::map(key, e)),
+            Err(e) => return Err(error::unreachable(config.address_value(), key, e)),
         };
         let session = Arc::new(Self {
             id,

@@ -37,6 +37,7 @@ mod renewal;
 mod session_slot;
 mod timeouts;
 mod token;
+mod unreachable;
 
 pub use backend::{DistributedLock, deadline_passed};
 pub use capabilities::Capabilities;
@@ -51,3 +52,4 @@ pub use renewal::SharedRenewal;
 pub use session_slot::{ClientSession, SessionSlot};
 pub use timeouts::ClientTimeouts;
 pub use token::FencingToken;
+pub use unreachable::ConnectFailure;

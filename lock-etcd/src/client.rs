@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
-use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason};
+use lock_core::{ClientSession, ConnectFailure, LockError, LockKey, LossSignal, LostReason};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
@@ -28,9 +28,22 @@ pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client, LockError> {
         options = options.with_tls(tls_options(tls)?);
     }
     let limit = config.connect_timeout_value() + config.request_timeout_value();
-    match timeout(limit, Client::connect(config.endpoints(), Some(options))).await {
-        Ok(connected) => connected.map_err(|e| error::map(None, e)),
-        Err(_) => Err(error::timed_out(None, "connect", limit)),
+    let connecting = async {
+        let mut client = Client::connect(config.endpoints(), Some(options)).await?;
+        // The connection is made lazily: one small request proves that an
+        // etcd answers, so a wrong endpoint is reported here, in its words.
+        client.status().await?;
+        Ok(client)
+    };
+    let endpoints = config.endpoints().join(",");
+    match timeout(limit, connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(failure)) => Err(error::unreachable(&endpoints, failure)),
+        Err(_) => Err(LockError::unavailable(
+            crate::BACKEND,
+            None,
+            format!("{} (no answer within {limit:?})", ConnectFailure::NoAnswer.explain("etcd", &endpoints, 2379)),
+        )),
     }
 }
 

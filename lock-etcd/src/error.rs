@@ -1,6 +1,6 @@
 //! Mapping etcd and transport errors onto the core error kinds.
 
-use lock_core::{LockError, LockKey};
+use lock_core::{ConnectFailure, LockError, LockKey};
 use tonic::Code;
 
 use crate::BACKEND;
@@ -19,6 +19,20 @@ pub(crate) fn map(key: Option<&LockKey>, error: etcd_client::Error) -> LockError
         _ => false,
     };
     if transient { LockError::unavailable(BACKEND, key, error) } else { LockError::backend(BACKEND, key, error) }
+}
+
+/// The first request to `endpoints` failed: transport failures say what the
+/// user should check (nothing listening, another kind of server, no answer);
+/// etcd's own refusals (authentication, say) are kept as they are.
+pub(crate) fn unreachable(endpoints: &str, error: etcd_client::Error) -> LockError {
+    let failure = match &error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => ConnectFailure::of(&error),
+        etcd_client::Error::GRpcStatus(status) if matches!(status.code(), Code::Unavailable | Code::Unknown) => {
+            ConnectFailure::of(&error)
+        }
+        _ => return map(None, error),
+    };
+    LockError::unavailable(BACKEND, None, format!("{} ({error})", failure.explain("etcd", endpoints, 2379)))
 }
 
 /// A request that got no answer within the request timeout.
