@@ -27,7 +27,7 @@ pub(crate) fn unreachable(address: &str, key: Option<&LockKey>, error: ApiError)
         }
         _ => return map(key, error),
     };
-    LockError::unavailable(BACKEND, key, format!("{} ({error})", failure.explain("Consul", address, 8500)))
+    LockError::unavailable(BACKEND, key, failure.error("Consul", address, 8500, error))
 }
 
 pub(crate) fn map(key: Option<&LockKey>, error: ApiError) -> LockError {

@@ -2,7 +2,10 @@
 //! listening, something else listening, or no answer at all.
 
 use std::error::Error;
+use std::fmt;
 use std::io::ErrorKind;
+
+use crate::BoxError;
 
 /// What a failed connection attempt to a service's endpoint most likely
 /// means, for an error message that tells the user what to check.
@@ -93,6 +96,31 @@ impl ConnectFailure {
             ),
             Self::Other => format!("{service} at {endpoint} could not be reached"),
         }
+    }
+
+    /// [`explain`](Self::explain) as an error whose source is `cause`, so
+    /// that the original error (a TLS refusal, say) stays in the chain.
+    pub fn error(self, service: &str, endpoint: &str, default_port: u16, cause: impl Into<BoxError>) -> BoxError {
+        Box::new(Explained { text: self.explain(service, endpoint, default_port), cause: cause.into() })
+    }
+}
+
+/// An explanation in a user's words, with the error it explains.
+#[derive(Debug)]
+struct Explained {
+    text: String,
+    cause: BoxError,
+}
+
+impl fmt::Display for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.text, self.cause)
+    }
+}
+
+impl Error for Explained {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.cause)
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn unreachable(endpoints: &str, error: etcd_client::Error) -> LockErr
         }
         _ => return map(None, error),
     };
-    LockError::unavailable(BACKEND, None, format!("{} ({error})", failure.explain("etcd", endpoints, 2379)))
+    LockError::unavailable(BACKEND, None, failure.error("etcd", endpoints, 2379, error))
 }
 
 /// A request that got no answer within the request timeout.
