@@ -97,6 +97,55 @@ impl ZkHarness {
             .unwrap_or_else(|e| panic!("the suite needs an ip:port host, got {:?}: {e}", self.upstream))
     }
 
+    /// A plain client authenticated with the digest scheme as `user`, for
+    /// reading what only that identity may read (lock directories it created).
+    pub async fn admin_as(&self, user: &str, password: &str) -> Client {
+        let connecting = Client::connector()
+            .with_fail_eagerly()
+            .with_auth("digest", format!("{user}:{password}").as_bytes())
+            .connect(&self.upstream);
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(client)) => client,
+            outcome => panic!("cannot connect to ZooKeeper at {} as {user}: {outcome:?}", self.upstream),
+        }
+    }
+
+    /// A client like [`Harness::client`]'s, with its configuration adjusted by
+    /// `configure` (a longer session, credentials, another base path), and its
+    /// backend, for faults only ZooKeeper has.
+    pub async fn client_with(&self, configure: impl FnOnce(ZkConfig) -> ZkConfig) -> (TestClient, Arc<ZkLock>) {
+        self.admin().await;
+        let proxy =
+            StallProxy::start(self.upstream_address()).await.unwrap_or_else(|e| panic!("cannot start a proxy: {e}"));
+        let lock = ZkLock::connect(configure(self.config(&proxy.address().to_string()))).await;
+        let lock = Arc::new(lock.unwrap_or_else(|e| panic!("cannot connect: {e}")));
+        let locks = Locks::from_backend(Arc::clone(&lock) as _);
+        (TestClient { locks, control: Box::new(ZkControl { lock: Arc::clone(&lock), proxy }) }, lock)
+    }
+
+    /// Takes `lock`'s session over on a connection of our own, straight to
+    /// the server, then closes that connection without ending the session.
+    /// The server closes the connection the client had, as one that lost the
+    /// client would: requests a stalled proxy still holds back on it are
+    /// never applied, and the client gets back into the same session once it
+    /// can reach the server again.
+    pub async fn move_session_away(&self, lock: &ZkLock) {
+        let session = lock.session_info().await.unwrap_or_else(|| panic!("the client has no session to move"));
+        let connecting = Client::connector()
+            .with_session(session)
+            // Asking for the client's own timeout, so the session lives on
+            // as long as the client expects while it reconnects.
+            .with_session_timeout(lock.config().session_timeout_value())
+            // Dropped without closing the session.
+            .with_detached()
+            .with_fail_eagerly()
+            .connect(&self.upstream);
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(attached)) => drop(attached),
+            outcome => panic!("cannot take the client's session over: {outcome:?}"),
+        }
+    }
+
     /// The contender nodes of `key`, sorted by sequence.
     pub async fn contenders(&self, key: &LockKey) -> Vec<String> {
         let dir = lock_path(BASE, key);
@@ -143,13 +192,7 @@ impl Harness for ZkHarness {
     }
 
     async fn client(&self) -> TestClient {
-        self.admin().await;
-        let proxy =
-            StallProxy::start(self.upstream_address()).await.unwrap_or_else(|e| panic!("cannot start a proxy: {e}"));
-        let lock = ZkLock::connect(self.config(&proxy.address().to_string())).await;
-        let lock = Arc::new(lock.unwrap_or_else(|e| panic!("cannot connect: {e}")));
-        let locks = Locks::from_backend(Arc::clone(&lock) as _);
-        TestClient { locks, control: Box::new(ZkControl { lock, proxy }) }
+        self.client_with(|config| config).await.0
     }
 
     async fn break_lock(&self, key: &LockKey) {

@@ -1,5 +1,7 @@
 //! ZooKeeper-specific behaviour, against a real ZooKeeper: loss within one
-//! session timeout, no orphan node when a create's reply is lost, and mutual
+//! session timeout, no orphan node when a create's reply is lost or an
+//! attempt is withdrawn as its connection drops, locks of an authenticated
+//! client that a client without its credentials cannot steal, and mutual
 //! exclusion with Apache Curator's InterProcessMutex.
 #![cfg(feature = "zk")]
 
@@ -9,7 +11,9 @@ use std::time::Duration;
 use conformance_tests::process::NativeCommand;
 use conformance_tests::zk::{BASE, ZkHarness};
 use conformance_tests::{Harness, Namespace, cases};
+use lock_core::{LockError, LockKey};
 use tokio::time::{Instant, sleep, timeout};
+use zookeeper_client::{Acls, CreateMode};
 
 fn harness() -> ZkHarness {
     ZkHarness::from_env()
@@ -63,6 +67,202 @@ async fn a_lost_create_reply_leaves_no_orphan_node() {
         assert!(Instant::now() < deadline, "orphan node left: {:?}", h.contenders(&key).await);
         sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until `key` has exactly `expected` contender nodes, failing with
+/// `what` after `limit`. Polls: no event tells that a request of another
+/// client has reached ZooKeeper.
+async fn await_contenders(h: &ZkHarness, key: &LockKey, expected: usize, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = h.contenders(key).await;
+        if found.len() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: expected {expected} contender nodes within {limit:?}, found {found:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_withdrawn_as_their_connection_drops_leave_no_orphan() {
+    let h = harness();
+    let ns = Namespace::new();
+    let (timed_out, cancelled) = (ns.key("timed out"), ns.key("cancelled"));
+    let holder = h.client().await;
+    let mut held = Vec::new();
+    for key in [&timed_out, &cancelled] {
+        let guard = holder.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+        held.push(guard.unwrap_or_else(|| panic!("could not take the free key {key}")));
+    }
+    // A session far longer than every bound below, so a node that goes in
+    // time did not go with the session; and a connection timeout long enough
+    // that the client still trusts its stalled connection when the attempts
+    // are withdrawn, so their deletes are sent on it (and lost with it)
+    // rather than queued for the next connection.
+    let session_timeout = Duration::from_secs(30);
+    let (waiter, waiter_lock) =
+        h.client_with(|config| config.session_timeout(session_timeout).connect_timeout(Duration::from_secs(8))).await;
+    let locks = waiter.locks.clone();
+    let key = timed_out.clone();
+    let timing_out = tokio::spawn(async move { locks.lock(key.as_str()).wait(Duration::from_secs(3)).acquire().await });
+    let locks = waiter.locks.clone();
+    let key = cancelled.clone();
+    let to_cancel = tokio::spawn(async move { locks.lock(key.as_str()).acquire().await });
+    for key in [&timed_out, &cancelled] {
+        await_contenders(&h, key, 2, Duration::from_secs(10), "the waiter queued").await;
+    }
+
+    waiter.control.cut_off().await;
+    to_cancel.abort();
+    let _ = to_cancel.await;
+    // Its deadline passes within the connection timeout of the cut, while
+    // the client still trusts the connection, so its withdrawal sends the
+    // delete on it; the attempt returns once the withdrawal stops waiting
+    // for the answer. The cancelled attempt's delete, sent at once, is out
+    // by then too.
+    let outcome = timeout(Duration::from_secs(15), timing_out).await;
+    assert!(
+        matches!(outcome, Ok(Ok(Err(LockError::Timeout { .. })))),
+        "the attempt with a deadline did not time out: {outcome:?}"
+    );
+    // The connection dies with both deletes unanswered and never applied.
+    h.move_session_away(&waiter_lock).await;
+    waiter.control.restore().await;
+
+    // Back in the same session: the nodes must go now, not when the session
+    // ends (which, for a client that stays connected, is never).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = [h.contenders(&timed_out).await, h.contenders(&cancelled).await];
+        if queued.iter().all(|nodes| nodes.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "withdrawn attempts' nodes still queued 10 s after reconnecting (session timeout {session_timeout:?}), \
+             behind the holder's: {queued:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    for guard in held {
+        assert!(guard.release().await.is_ok(), "the holder could not release");
+    }
+    let third = h.client().await;
+    for key in [&timed_out, &cancelled] {
+        let granted = third.locks.lock(key.as_str()).wait(Duration::from_secs(5)).acquire().await;
+        let guard = granted.unwrap_or_else(|e| panic!("a third client did not get the released {key}: {e}"));
+        assert!(guard.release().await.is_ok());
+        // The waiter's own next attempt is not held up by its past one.
+        let again = waiter.locks.lock(key.as_str()).try_acquire().await;
+        let guard = again.ok().flatten().unwrap_or_else(|| panic!("the waiter could not take the free {key} again"));
+        assert!(guard.release().await.is_ok());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.leftover(ns.prefix()).await != 0 {
+        assert!(Instant::now() < deadline, "nodes left under {}", ns.prefix());
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The digest identity of the authenticated clients below.
+const USER: &str = "distlock-test";
+const PASSWORD: &str = "not-a-secret";
+
+/// A base path of its own: the authenticated client creates it, so it gets
+/// the client's ACL; the suite's shared base must stay open to the other
+/// tests' clients without credentials.
+fn private_base() -> String {
+    format!("{BASE}-auth-{}/locks", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_credentials_cannot_steal_an_authenticated_lock() {
+    let h = harness();
+    let base = private_base();
+    let key = Namespace::new().key("guarded");
+    let dir = lock_zk::lock_path(&base, &key);
+    let (owner, _) = h.client_with(|config| config.base_path(&base).digest(USER, PASSWORD)).await;
+    let guard = owner.locks.lock(key.as_str()).try_acquire().await;
+    let guard = guard.ok().flatten().unwrap_or_else(|| panic!("the authenticated client could not take a free key"));
+    let authenticated = h.admin_as(USER, PASSWORD).await;
+    let nodes = authenticated.list_children(&dir).await.unwrap_or_default();
+    let [holder_node] = nodes.as_slice() else { panic!("expected the holder's node alone in {dir}: {nodes:?}") };
+    let holder_node = format!("{dir}/{holder_node}");
+
+    let anonymous = h.admin().await;
+    let mut stolen = Vec::new();
+    let queued = format!("{dir}/_c_{}-lock-", uuid::Uuid::new_v4());
+    let ephemeral = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    if let Ok((_, sequence)) = anonymous.create(&queued, b"", &ephemeral).await {
+        stolen.push(format!("queued {queued}{sequence}"));
+    }
+    let (intruder, _) = h.client_with(|config| config.base_path(&base)).await;
+    match intruder.locks.lock(key.as_str()).wait(Duration::from_secs(1)).acquire().await {
+        Ok(_) => stolen.push("was granted the lock through distlock".to_owned()),
+        Err(error) => assert!(!error.is_lost(), "the intruder's attempt failed oddly: {error}"),
+    }
+    if anonymous.delete(&holder_node, None).await.is_ok() {
+        stolen.push(format!("deleted the holder's node {holder_node}"));
+    }
+    // A directory for another key, open to all: the base is the client's too.
+    let squatted = format!("{base}/squatted");
+    if anonymous.create(&squatted, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all())).await.is_ok() {
+        stolen.push(format!("created {squatted}"));
+        let _ = anonymous.delete(&squatted, None).await;
+    }
+    assert!(stolen.is_empty(), "a client without credentials {}", stolen.join("; "));
+    assert!(!guard.is_lost(), "the holder lost its lock");
+    assert!(guard.release().await.is_ok(), "the holder could not release");
+    let left = authenticated.list_children(&dir).await.unwrap_or_default();
+    assert!(left.is_empty(), "nodes left in {dir}: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_client_refuses_a_lock_directory_anyone_may_write() {
+    let h = harness();
+    let base = private_base();
+    let key = Namespace::new().key("left open");
+    let dir = lock_zk::lock_path(&base, &key);
+    // A client without credentials made the directory first, open to all,
+    // and holds the lock in it.
+    let (anonymous, _) = h.client_with(|config| config.base_path(&base)).await;
+    let open = anonymous.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let open = open.unwrap_or_else(|| panic!("the client without credentials could not take a free key"));
+    let (owner, _) = h.client_with(|config| config.base_path(&base).digest(USER, PASSWORD)).await;
+    let refused = owner.locks.lock(key.as_str()).try_acquire().await;
+    let unprotected = match &refused {
+        Err(LockError::Backend { source, .. }) => source.downcast_ref::<lock_zk::UnprotectedDirectory>(),
+        _ => None,
+    };
+    assert!(
+        unprotected.is_some_and(|error| error.path() == dir),
+        "an authenticated client queued in a lock directory anyone may write: {refused:?}"
+    );
+    // Nothing of the refused attempt stays queued.
+    let admin = h.admin().await;
+    let nodes = admin.list_children(&dir).await.unwrap_or_default();
+    assert_eq!(nodes.len(), 1, "the refused attempt left a node in {dir}: {nodes:?}");
+    drop(refused);
+
+    // The remedy the error names: once the open directory is gone, the
+    // authenticated client makes it again, with its own ACL.
+    assert!(open.release().await.is_ok());
+    match admin.delete(&dir, None).await {
+        Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+        Err(error) => panic!("cannot delete {dir}: {error}"),
+    }
+    let guard = owner.locks.lock(key.as_str()).try_acquire().await;
+    let guard = guard.ok().flatten().unwrap_or_else(|| panic!("the authenticated client could not take the key"));
+    let acl = h.admin_as(USER, PASSWORD).await.get_acl(&dir).await.map(|(acl, _)| acl);
+    assert!(
+        acl.as_ref().is_ok_and(|acl| !acl.is_empty() && acl.iter().all(|entry| entry.scheme() == "digest")),
+        "the re-created directory is not the authenticated client's alone: {acl:?}"
+    );
+    assert!(guard.release().await.is_ok());
 }
 
 /// Compiles the Curator program with the machine's JDK against Debian's

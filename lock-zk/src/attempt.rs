@@ -2,15 +2,17 @@
 //! its own, so that an attempt dropped at any point still learns what was
 //! created and deletes it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{LockError, LockKey};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tracing::debug;
-use zookeeper_client::{Acls, Client, CreateMode, Error};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission};
 
-use crate::error;
+use crate::cleanup::{self, Leftover};
+use crate::client::Session;
+use crate::error::{self, UnprotectedDirectory};
 
 /// Curator's lock name for `InterProcessMutex`.
 pub(crate) const LOCK_NAME: &str = "lock-";
@@ -19,7 +21,7 @@ pub(crate) const SEQUENCE_DIGITS: usize = 10;
 
 /// Our contender node in `dir`, until it holds the lock or is withdrawn.
 pub(crate) struct Attempt {
-    client: Client,
+    session: Arc<Session>,
     pub(crate) dir: String,
     /// `_c_{guid}-lock-`: the name without its sequence, unique to this attempt.
     name: String,
@@ -28,58 +30,84 @@ pub(crate) struct Attempt {
 
 enum State {
     Idle,
-    Creating(JoinHandle<Result<String, Error>>),
+    Creating(JoinHandle<Result<Created, Error>>),
     Created(String),
+    /// The create may have landed though its answer was lost.
+    Unconfirmed,
     Done,
 }
 
+/// A node the create made, with its directory's ACL when it was asked for.
+struct Created {
+    path: String,
+    directory_acl: Option<Result<Vec<Acl>, Error>>,
+}
+
 impl Attempt {
-    pub(crate) fn new(client: Client, dir: String) -> Self {
+    pub(crate) fn new(session: Arc<Session>, dir: String) -> Self {
         let name = format!("_c_{}-{LOCK_NAME}", uuid::Uuid::new_v4());
-        Self { client, dir, name, state: State::Idle }
+        Self { session, dir, name, state: State::Idle }
     }
 
-    /// Creates the node (and any missing lock directory, as container nodes)
-    /// and returns its path.
+    /// Creates the node (and any missing lock directory and base path, as
+    /// container nodes) with `acls`, and returns its path.
+    ///
+    /// With `protected` (an authenticated client, whose `acls` keep others
+    /// out), the lock directory must not let clients without credentials
+    /// create or delete nodes: otherwise the node is withdrawn and the
+    /// attempt fails with [`UnprotectedDirectory`].
     pub(crate) async fn create(
         &mut self,
         key: &LockKey,
         data: Vec<u8>,
         acls: Acls<'static>,
+        protected: bool,
         limit: Duration,
     ) -> Result<String, LockError> {
-        let (client, dir, prefix) = (self.client.clone(), self.dir.clone(), format!("{}/{}", self.dir, self.name));
+        let (client, dir, prefix) =
+            (self.session.client.clone(), self.dir.clone(), format!("{}/{}", self.dir, self.name));
         self.state = State::Creating(tokio::spawn(async move {
-            let create = CreateMode::EphemeralSequential.with_acls(acls);
-            match client.create(&prefix, &data, &create).await {
+            match create_in(&client, &dir, &prefix, &data, acls, protected).await {
                 Err(Error::NoNode) => {
-                    make_directories(&client, &dir).await?;
-                    client.create(&prefix, &data, &create).await
+                    make_directories(&client, &dir, acls).await?;
+                    create_in(&client, &dir, &prefix, &data, acls, protected).await
                 }
                 created => created,
             }
-            .map(|(_, sequence)| format!("{prefix}{sequence}"))
         }));
         let State::Creating(creating) = &mut self.state else {
             return Err(LockError::backend(crate::BACKEND, Some(key), "attempt state changed under us"));
         };
         let created = match timeout(limit, creating).await {
             Ok(Ok(created)) => created,
-            Ok(Err(panicked)) => return Err(LockError::backend(crate::BACKEND, Some(key), panicked)),
+            Ok(Err(panicked)) => {
+                self.state = State::Unconfirmed;
+                return Err(LockError::backend(crate::BACKEND, Some(key), panicked));
+            }
             // Still in flight: dropping us deletes whatever it creates.
             Err(_) => return Err(error::timed_out(Some(key), "create lock node", limit)),
         };
-        match created {
-            Ok(path) => {
-                self.state = State::Created(path.clone());
-                Ok(path)
-            }
+        let Created { path, directory_acl } = match created {
+            Ok(created) => created,
             Err(failure) => {
-                // The create may have landed though its reply was lost: the
-                // drop path finds our node by its unique name.
-                self.state = State::Created(String::new());
-                Err(error::map(Some(key), failure))
+                // Refused by the server: nothing was created. Otherwise the
+                // create may have landed though its answer was lost, and the
+                // cleanup finds our node by its unique name.
+                self.state = if refused(&failure) { State::Done } else { State::Unconfirmed };
+                return Err(error::map(Some(key), failure));
             }
+        };
+        self.state = State::Created(path.clone());
+        match directory_acl {
+            Some(Ok(acl)) if open_to_anyone(&acl) => {
+                self.withdraw(limit).await;
+                let refused = UnprotectedDirectory::new(&self.dir, &acl);
+                tracing::warn!(%key, %refused, "refusing an unprotected lock directory");
+                Err(LockError::backend(crate::BACKEND, Some(key), refused))
+            }
+            // Unknown: dropping us deletes the node.
+            Some(Err(failure)) => Err(error::map(Some(key), failure)),
+            Some(Ok(_)) | None => Ok(path),
         }
     }
 
@@ -88,50 +116,79 @@ impl Attempt {
         self.state = State::Done;
     }
 
-    /// Deletes our node before returning.
+    /// Deletes our node; waits for that at most `limit`, after which the
+    /// deletion goes on in the background until it succeeds or the session
+    /// ends.
     pub(crate) async fn withdraw(&mut self, limit: Duration) {
         let state = std::mem::replace(&mut self.state, State::Done);
-        let _ = timeout(limit, cleanup(self.client.clone(), self.dir.clone(), self.name.clone(), state)).await;
+        if let Some(cleanup) = self.cleanup(state) {
+            let _ = timeout(limit, tokio::spawn(cleanup)).await;
+        }
+    }
+
+    /// The cleanup of what `state` may have created, if anything.
+    fn cleanup(&self, state: State) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let leftover = match state {
+            State::Idle | State::Done => return None,
+            State::Creating(creating) => Leftover::Creating(Box::pin(async move {
+                match creating.await {
+                    Ok(Ok(created)) => Some(Leftover::Node(created.path)),
+                    Ok(Err(failure)) if refused(&failure) => None,
+                    // No answer, or the task panicked: look for our name.
+                    _ => Some(Leftover::Unconfirmed),
+                }
+            })),
+            State::Created(path) => Leftover::Node(path),
+            State::Unconfirmed => Leftover::Unconfirmed,
+        };
+        Some(cleanup::delete_until_gone(&self.session, self.dir.clone(), self.name.clone(), leftover))
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Done);
-        if matches!(state, State::Idle | State::Done) {
-            return;
-        }
+        // Without a runtime, the session's end removes the node.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(cleanup(self.client.clone(), self.dir.clone(), self.name.clone(), state));
+        if let Some(cleanup) = self.cleanup(state) {
+            runtime.spawn(cleanup);
+        }
     }
 }
 
-/// Deletes the node an attempt created, waiting for an in-flight create.
-async fn cleanup(client: Client, dir: String, name: String, state: State) {
-    let path = match state {
-        State::Creating(creating) => creating.await.ok().and_then(Result::ok),
-        State::Created(path) if !path.is_empty() => Some(path),
-        _ => None,
+/// Creates our node under `prefix` in `dir`; with `check_directory`, also
+/// reads the directory's ACL, sent right behind the create so it costs no
+/// round trip of its own. ZooKeeper answers a session's requests in order,
+/// so the ACL read is the directory's with our node in it, and a directory
+/// that holds a node cannot be reaped and made again by anyone else: the ACL
+/// stays what was read for as long as our node lives, unless changed by an
+/// identity with ADMIN on it.
+async fn create_in(
+    client: &Client,
+    dir: &str,
+    prefix: &str,
+    data: &[u8],
+    acls: Acls<'static>,
+    check_directory: bool,
+) -> Result<Created, Error> {
+    let options = CreateMode::EphemeralSequential.with_acls(acls);
+    let created = client.create(prefix, data, &options);
+    let reading = check_directory.then(|| client.get_acl(dir));
+    let (_, sequence) = created.await?;
+    let directory_acl = match reading {
+        Some(reading) => Some(reading.await.map(|(acl, _)| acl)),
+        None => None,
     };
-    match path {
-        Some(path) => {
-            let _ = client.delete(&path, None).await;
-        }
-        // Unknown outcome: look for our unique name.
-        None => {
-            if let Ok(children) = client.list_children(&dir).await {
-                for child in children.iter().filter(|child| child.starts_with(&name)) {
-                    debug!(child, "deleting the node of an attempt whose create reply was lost");
-                    let _ = client.delete(&format!("{dir}/{child}"), None).await;
-                }
-            }
-        }
-    }
+    Ok(Created { path: format!("{prefix}{sequence}"), directory_acl })
 }
 
-/// Creates `dir` and its missing ancestors as container nodes.
-async fn make_directories(client: &Client, dir: &str) -> Result<(), Error> {
-    let options = CreateMode::Container.with_acls(Acls::anyone_all());
+/// Creates `dir` and its missing ancestors as container nodes with `acls`,
+/// the ACL of the lock nodes: with credentials, directories the client makes
+/// are its own, so no client without them can create or delete nodes in
+/// them (ZooKeeper checks both on the parent, whatever the node's own ACL).
+/// Directories that exist keep the ACL they have.
+async fn make_directories(client: &Client, dir: &str, acls: Acls<'static>) -> Result<(), Error> {
+    let options = CreateMode::Container.with_acls(acls);
     let mut path = String::new();
     for part in dir.trim_start_matches('/').split('/') {
         path.push('/');
@@ -142,4 +199,54 @@ async fn make_directories(client: &Client, dir: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Whether `error` is the server's answer to a request it did not apply
+/// (or the end of the session, which takes its nodes along), rather than a
+/// request whose outcome is unknown.
+fn refused(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::NoNode
+            | Error::NoAuth
+            | Error::NodeExists
+            | Error::InvalidAcl
+            | Error::BadArguments(_)
+            | Error::NoChildrenForEphemerals
+            | Error::QuotaExceeded
+            | Error::Throttled
+            | Error::SessionMoved
+            | Error::NotReadOnly
+            | Error::Unimplemented
+            | Error::SessionExpired
+            | Error::ClientClosed
+            | Error::AuthFailed
+    )
+}
+
+/// Whether `acl` lets a client without credentials (any client, or any
+/// client at some address) create or delete nodes in the directory.
+fn open_to_anyone(acl: &[Acl]) -> bool {
+    acl.iter().any(|entry| {
+        matches!(entry.scheme(), "world" | "ip")
+            && (entry.permission().has(Permission::CREATE) || entry.permission().has(Permission::DELETE))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use zookeeper_client::AuthId;
+
+    use super::*;
+
+    #[test]
+    fn a_directory_is_open_when_anyone_may_create_or_delete_in_it() {
+        let entry = |permission, scheme, id| Acl::new(permission, AuthId::new(scheme, id));
+        assert!(open_to_anyone(&Acls::anyone_all()));
+        assert!(open_to_anyone(&[entry(Permission::DELETE, "world", "anyone")]));
+        assert!(open_to_anyone(&[entry(Permission::CREATE, "ip", "10.0.0.0/8")]));
+        let digest = entry(Permission::ALL, "digest", "app:hash=");
+        assert!(!open_to_anyone(std::slice::from_ref(&digest)));
+        assert!(!open_to_anyone(&[digest, entry(Permission::READ, "world", "anyone")]));
+    }
 }

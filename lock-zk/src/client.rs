@@ -10,6 +10,7 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 use zookeeper_client::{Client, SessionState};
 
+use crate::cleanup::Withdrawn;
 use crate::{ZkConfig, error};
 
 /// One ZooKeeper session and the task that watches its state.
@@ -20,6 +21,8 @@ pub(crate) struct Session {
     watcher: JoinHandle<()>,
     /// One renewal for every lock of the session.
     pub(crate) renewal: SharedRenewal,
+    /// Nodes of the session being deleted; its attempts do not queue behind them.
+    pub(crate) withdrawn: Withdrawn,
 }
 
 impl Session {
@@ -60,7 +63,7 @@ impl Session {
         // Any request the server answered restarts the session timeout, so a
         // recent one (within a quarter of the TTL) proves the session alive.
         let renewal = SharedRenewal::new(client.session_timeout() / 4);
-        Ok(Arc::new(Self { client, ended, watcher, renewal }))
+        Ok(Arc::new(Self { client, ended, watcher, renewal, withdrawn: Withdrawn::default() }))
     }
 
     /// The session timeout ZooKeeper negotiated: the TTL of every lock.

@@ -82,8 +82,11 @@ impl ZkConfig {
         self
     }
 
-    /// Authenticates with the digest scheme as `user`; lock nodes then carry
-    /// an ACL that lets only this identity delete them.
+    /// Authenticates with the digest scheme as `user`. Lock nodes, lock
+    /// directories and the base path's missing ancestors that the client
+    /// creates then carry an ACL that gives this identity alone all
+    /// permissions, and the client refuses to queue in a lock directory open
+    /// to clients without credentials (see the [crate docs](crate)).
     pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.digest = Some((user.into(), password.into()));
         self

@@ -1,7 +1,7 @@
 //! Mapping ZooKeeper errors onto the core error kinds.
 
 use lock_core::{LockError, LockKey, LostReason};
-use zookeeper_client::Error;
+use zookeeper_client::{Acl, Error};
 
 use crate::BACKEND;
 
@@ -25,6 +25,46 @@ pub(crate) fn map(key: Option<&LockKey>, error: Error) -> LockError {
         ) => LockError::unavailable(BACKEND, key, error),
         (Error::SessionExpired | Error::ClientClosed, None) => LockError::unavailable(BACKEND, key, error),
         _ => LockError::backend(BACKEND, key, error),
+    }
+}
+
+/// Why an authenticated client refused to queue in a lock directory: the
+/// directory lets clients without credentials create or delete nodes, so
+/// they could delete this client's lock node or queue before it, whatever
+/// ACL the node itself carries. Carried as the source of
+/// [`LockError::Backend`].
+///
+/// Such a directory was made by a client without credentials (or with an
+/// open ACL by hand) before this one first used the key. Give it the
+/// client's identity as its ACL, or delete it while it is empty (ZooKeeper
+/// also reaps an empty lock directory by itself); the next acquire then makes
+/// it again with the client's ACL.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lock directory {path} lets clients without credentials create or delete its nodes ({acl}), so they could \
+     steal this lock: refusing to queue in it. Give it this client's ACL (zkCli: `addauth digest USER:PASSWORD`, \
+     then `setAcl {path} auth::cdrwa`), or delete it while it is empty, and the next acquire makes it again with \
+     this client's ACL"
+)]
+pub struct UnprotectedDirectory {
+    path: String,
+    acl: String,
+}
+
+impl UnprotectedDirectory {
+    pub(crate) fn new(path: &str, acl: &[Acl]) -> Self {
+        let acl = acl.iter().map(|entry| format!("{}:{}={}", entry.scheme(), entry.id(), entry.permission()));
+        Self { path: path.to_owned(), acl: acl.collect::<Vec<_>>().join(", ") }
+    }
+
+    /// The lock directory's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The directory's ACL, as `scheme:id=PERMISSIONS` entries.
+    pub fn acl(&self) -> &str {
+        &self.acl
     }
 }
 

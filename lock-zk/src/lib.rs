@@ -16,8 +16,39 @@
 //!   whole ensemble, also when a lock directory is re-created.
 //! * **Safe release**: only our own node is deleted; its deletion by anyone
 //!   else is reported as loss at once through a node watch.
+//! * **Nothing left behind**: the node of an attempt that timed out, was
+//!   cancelled or failed, and of a release that went unanswered, is deleted
+//!   in the background, retried with backoff until ZooKeeper confirms it is
+//!   gone or the session has ended (which removes it too). A delete lost with
+//!   its connection would otherwise leave the node queued for as long as the
+//!   session lives, holding back every later contender of the key. Until it
+//!   is gone, this client's own later attempts on the key do not queue behind
+//!   it; everyone else still does.
+//! * **Credentials** ([`ZkConfig::digest`]; `user` and `password` in a `zk://`
+//!   URL): everything the client creates (lock nodes, lock directories, the
+//!   base path's missing ancestors) gets the client's identity as its ACL
+//!   (`creator_all`), so a client without the credentials can neither
+//!   delete a held lock's node nor queue in its directory: ZooKeeper checks
+//!   both against the directory's ACL, not the node's. A directory that
+//!   already exists keeps its ACL, so one made earlier by a client without
+//!   credentials (or by Curator with its default ACL) stays open to all. An
+//!   authenticated client therefore reads the directory's ACL with every
+//!   create (in the same round trip) and refuses to queue in a directory
+//!   that lets clients without credentials create or delete nodes, failing
+//!   with [`UnprotectedDirectory`] (as the source of
+//!   [`LockError::Backend`](lock_core::LockError::Backend)), which names the
+//!   directory and the fix: give it the client's ACL, or delete it while it
+//!   is empty (ZooKeeper also reaps an empty lock directory by itself) so the
+//!   next acquire makes it again. Refusing rather than waiting or taking the
+//!   directory over: a grant there would not exclude clients without
+//!   credentials, and changing a shared directory's ACL unasked would leave
+//!   such clients unable to delete their own nodes. All clients of a base
+//!   path should use the same identity (or the base path an ACL that lets
+//!   each create there); a Curator client sharing the locks needs the same
+//!   credentials and an `ACLProvider` that gives `CREATOR_ALL_ACL`.
 
 mod attempt;
+mod cleanup;
 mod client;
 mod config;
 mod error;
@@ -25,6 +56,7 @@ mod layout;
 mod lock;
 
 pub use config::{DEFAULT_HOSTS, HOSTS_ENV, ZkConfig};
+pub use error::UnprotectedDirectory;
 pub use layout::{escaped_prefix, lock_path};
 pub use lock::ZkLock;
 

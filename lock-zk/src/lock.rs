@@ -14,6 +14,7 @@ use tracing::debug;
 use zookeeper_client::{Acls, EventType, Stat};
 
 use crate::attempt::Attempt;
+use crate::cleanup::{self, Leftover};
 use crate::client::Session;
 use crate::layout::lock_path;
 use crate::{BACKEND, ZkConfig, error};
@@ -94,8 +95,15 @@ impl ZkLock {
         self.sessions.get_or_start(|| Session::start(&self.config, key)).await
     }
 
+    /// The ACL of everything the client creates: its lock nodes, its lock
+    /// directories and the base path's missing ancestors. With credentials,
+    /// only this identity may touch them.
     fn acls(&self) -> Acls<'static> {
-        if self.config.digest_value().is_some() { Acls::creator_all() } else { Acls::anyone_all() }
+        if self.authenticated() { Acls::creator_all() } else { Acls::anyone_all() }
+    }
+
+    fn authenticated(&self) -> bool {
+        self.config.digest_value().is_some()
     }
 
     /// Runs one request with the request timeout.
@@ -120,9 +128,10 @@ impl ZkLock {
         loop {
             let session = self.session(Some(key)).await?;
             let dir = lock_path(self.config.base_path_value(), key);
-            let mut attempt = Attempt::new(session.client.clone(), dir);
+            let mut attempt = Attempt::new(Arc::clone(&session), dir);
             let owner = options.owner_value().as_bytes().to_vec();
-            match attempt.create(key, owner, self.acls(), self.config.request_timeout_value()).await {
+            let (acls, protected, limit) = (self.acls(), self.authenticated(), self.config.request_timeout_value());
+            match attempt.create(key, owner, acls, protected, limit).await {
                 Ok(path) => return Ok((session, attempt, path)),
                 Err(LockError::Lost { .. }) if !retried => {
                     debug!(%key, "the session had expired; opening a new one");
@@ -179,8 +188,7 @@ impl ZkLock {
         started: Instant,
     ) -> Result<Turn, LockError> {
         let children = self.call(key, "list contenders", session.client.list_children(dir)).await?;
-        let mut contenders: Vec<&String> = children.iter().filter(|child| sequence(child).is_some()).collect();
-        contenders.sort_by_key(|child| sequence(child));
+        let contenders = contenders(session, dir, &children);
         let Some(position) = contenders.iter().position(|child| *child == name) else {
             let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
             return Err(LockError::lost(BACKEND, key, reason));
@@ -284,23 +292,6 @@ async fn monitor(
     }
 }
 
-/// Deletes `path` with backoff until it is gone or the session has ended
-/// (which removes it too), for about a minute at most.
-async fn delete_until_gone(session: Arc<Session>, path: String) {
-    let mut pause = Duration::from_millis(100);
-    for _ in 0..35 {
-        match session.client.delete(&path, None).await {
-            Ok(()) | Err(zookeeper_client::Error::NoNode) => return,
-            Err(error) => debug!(path, %error, "deleting our node failed; retrying"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            _ = session.ended().fired() => return,
-        }
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// What one look at the queue found.
 enum Turn {
     /// Ours at this look: no contender before us.
@@ -329,6 +320,16 @@ fn is(error: &LockError, expected: &zookeeper_client::Error) -> bool {
         LockError::Backend { source, .. } => source.downcast_ref::<zookeeper_client::Error>() == Some(expected),
         _ => false,
     }
+}
+
+/// The contender nodes among `children` of `dir`, lowest sequence first,
+/// without the nodes `session` is deleting (see
+/// [`Withdrawn`](crate::cleanup::Withdrawn)).
+fn contenders<'a>(session: &Session, dir: &str, children: &'a [String]) -> Vec<&'a String> {
+    let mut contenders: Vec<&String> =
+        children.iter().filter(|child| sequence(child).is_some() && !session.withdrawn.contains(dir, child)).collect();
+    contenders.sort_by_key(|child| sequence(child));
+    contenders
 }
 
 /// The sequence suffix of a contender node name, if it is one.
@@ -399,7 +400,7 @@ impl DistributedLock for ZkLock {
         let reader = Arc::clone(&session);
         let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
         let children = self.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?;
-        let lowest = children.iter().filter_map(|child| sequence(child)).min();
+        let lowest = contenders(&session, &attempt.dir, &children).first().and_then(|child| sequence(child));
         if lowest.is_some() && lowest == sequence(name) {
             let read = (self.call(key, "read lock node", early_read).await?, sent);
             let lease = self.grant(key, options, session, path, read)?;
@@ -451,7 +452,9 @@ impl DistributedLock for ZkLock {
             Err(error) => {
                 // Unanswered: while the session lives (it may reconnect to
                 // another server), our node would hold the lock for good.
-                tokio::spawn(delete_until_gone(Arc::clone(&grant.session), grant.path.clone()));
+                let (dir, name) = grant.path.rsplit_once('/').unwrap_or_default();
+                let leftover = Leftover::Node(grant.path.clone());
+                tokio::spawn(cleanup::delete_until_gone(&grant.session, dir.to_owned(), name.to_owned(), leftover));
                 Err(error)
             }
         }
