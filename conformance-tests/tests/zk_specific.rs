@@ -347,3 +347,23 @@ async fn curator_waits_while_distlock_holds() {
     let status = timeout(Duration::from_secs(20), java.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "Curator failed: {status:?}");
 }
+
+/// A chroot in the connection string that does not exist yet is created (as
+/// Curator creates its namespace) instead of every acquire failing with "node
+/// not exists"; locks then live under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_chroot_is_created() {
+    let h = harness();
+    let chroot = format!("/distlock-test-chroot-{}/app", uuid::Uuid::new_v4().simple());
+    let config = h.config(&format!("{}{chroot}", h.upstream()));
+    let lock = lock_zk::ZkLock::connect(config).await.unwrap_or_else(|e| panic!("connect with a new chroot: {e}"));
+    let locks = lock_core::Locks::new(lock);
+    let guard = locks.lock("under the chroot").try_acquire().await;
+    let guard = guard.unwrap_or_else(|e| panic!("acquire under a new chroot: {e}")).unwrap_or_else(|| {
+        panic!("a key under a new chroot was held");
+    });
+    let admin = h.admin().await;
+    let under = admin.list_children(&format!("{chroot}{BASE}")).await;
+    assert!(under.is_ok_and(|children| !children.is_empty()), "the lock directory is not under the chroot {chroot}");
+    guard.release().await.unwrap_or_else(|e| panic!("release: {e}"));
+}

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 use zookeeper_client::{Client, SessionState};
 
 use crate::cleanup::Withdrawn;
-use crate::{ZkConfig, error};
+use crate::{ZkConfig, connect};
 
 /// One ZooKeeper session and the task that watches its state.
 #[derive(Debug)]
@@ -27,18 +26,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn start(config: &ZkConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
-        let mut connector = Client::connector()
-            .with_session_timeout(config.session_timeout_value())
-            .with_connection_timeout(config.connect_timeout_value())
-            .with_fail_eagerly();
-        if let Some((user, password)) = config.digest_value() {
-            connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
-        }
-        let limit = config.connect_timeout_value() + config.request_timeout_value();
-        let client = match timeout(limit, connector.connect(config.hosts_value())).await {
-            Ok(connected) => connected.map_err(|e| error::map(key, e))?,
-            Err(_) => return Err(error::timed_out(key, "connect", limit)),
-        };
+        let client = connect::connect(config, key).await?;
         let ended = LossSignal::new();
         let mut states = client.state_watcher();
         let signal = ended.clone();

@@ -51,6 +51,7 @@ mod attempt;
 mod cleanup;
 mod client;
 mod config;
+mod connect;
 mod error;
 mod layout;
 mod lock;
