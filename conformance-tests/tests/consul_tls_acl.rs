@@ -99,3 +99,74 @@ async fn https_with_a_ca_file_and_an_acl_token() {
     let bogus = distlock::connect(&url(&consul, "agent.json", Some(MANAGEMENT_TOKEN))).await;
     assert!(matches!(bogus, Err(LockError::InvalidConfig { .. })), "a bogus CA file was accepted: {:?}", bogus.err());
 }
+
+/// `curl` against the private agent with the management token: returns the
+/// HTTP status and the body.
+fn consul_api(consul: &PrivateConsul, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
+    let ca = consul.server.dir().join("ca.pem");
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(["-X", method, "-H", &format!("X-Consul-Token: {token}")])
+        .arg(format!("https://127.0.0.1:{}{path}", consul.https_port));
+    if let Some(body) = body {
+        command.args(["--data-binary", body]);
+    }
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((text.as_str(), "0"));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Lead 8 of the safety issue, on Consul: a token that may read the lock
+/// prefix (and make sessions) but not write it can neither take a lock
+/// there nor delete the holder's key; the holder keeps its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_write_on_the_prefix_cannot_steal_a_lock() {
+    let consul = start_consul();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let holder = loop {
+        match distlock::connect(&url(&consul, "ca.pem", Some(MANAGEMENT_TOKEN))).await {
+            Ok(locks) => break locks,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "the private Consul never accepted the token over HTTPS: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let rules = r#"key_prefix \"tls-test/\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }"#;
+    let policy = format!(r#"{{"Name":"read-only-locks","Rules":"{rules}"}}"#);
+    let (status, body) = consul_api(&consul, "PUT", "/v1/acl/policy", MANAGEMENT_TOKEN, Some(&policy));
+    assert_eq!(status, 200, "cannot create the policy: {body}");
+    let token = r#"{"Policies":[{"Name":"read-only-locks"}]}"#;
+    let (status, body) = consul_api(&consul, "PUT", "/v1/acl/token", MANAGEMENT_TOKEN, Some(token));
+    assert_eq!(status, 200, "cannot create the token: {body}");
+    let secret = body
+        .split("\"SecretID\":")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or_else(|| panic!("no SecretID in {body}"))
+        .to_owned();
+
+    let guard = holder.lock("secured/job").try_acquire().await;
+    let guard = guard.ok().flatten().unwrap_or_else(|| panic!("could not take a free key"));
+    let reader = distlock::connect(&url(&consul, "ca.pem", Some(&secret))).await;
+    if let Ok(reader) = reader {
+        let attempt = reader.lock("secured/job").wait(Duration::from_secs(2)).acquire().await;
+        assert!(
+            matches!(attempt, Err(LockError::Backend { .. })),
+            "a token without write on the prefix was not refused: {attempt:?}"
+        );
+        let free = reader.lock("secured/other").try_acquire().await;
+        assert!(free.is_err(), "a token without write on the prefix took a free key: {free:?}");
+    }
+    let key = lock_consul::native_lock_key(
+        "tls-test/",
+        &lock_core::LockKey::new("secured/job").unwrap_or_else(|e| panic!("{e}")),
+    );
+    let (status, body) = consul_api(&consul, "DELETE", &format!("/v1/kv/{key}"), &secret, None);
+    assert_eq!(status, 403, "a token without write deleted the holder's key: {status} {body}");
+    assert!(!guard.is_lost(), "the holder lost its lock to a token without write");
+    assert!(guard.release().await.is_ok());
+}

@@ -200,6 +200,18 @@ impl ConsulLock {
                 None => Err(LockError::backend(BACKEND, Some(key), "the lock transaction returned no entry")),
             },
             Ok(TxnOutcome::RolledBack(errors)) => {
+                // A token without write on the key: no retry can help, and
+                // the key is not held by anyone for all that.
+                if let Some(denied) = errors.iter().find(|e| e.what.to_lowercase().contains("permission denied")) {
+                    return Err(LockError::backend(
+                        BACKEND,
+                        Some(key),
+                        format!(
+                            "Consul refused the lock write on {kv_key}: {} (the ACL token needs key write on it)",
+                            denied.what
+                        ),
+                    ));
+                }
                 if errors.iter().any(|e| e.op_index == 1 && e.what.contains("lock delay")) {
                     return Ok(Step::LockDelay);
                 }
