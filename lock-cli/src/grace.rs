@@ -82,7 +82,10 @@ impl Stop {
 /// keep-alive (etcd) often has no newer proof at the first attempt, which
 /// coincides with the keep-alive's own request, and the second absorbs an
 /// answer that is merely slow. A shorter window would SIGTERM commands
-/// whose lock is fine. So grace <= TTL - TTL/5 - TTL/3 - 2 retries: 800 ms
+/// whose lock is fine. A renewal whose reply is lost outright is retried
+/// only after the backend's request timeout (5 s by default), which may not
+/// fit in that window: the command is then sent SIGTERM though its lock may
+/// still be held (the safe direction; a longer TTL avoids it). So grace <= TTL - TTL/5 - TTL/3 - 2 retries: 800 ms
 /// for a TTL of 3 s, 5 s for 15 s, 26 s for 60 s.
 pub fn max_for_ttl(ttl: Duration) -> Duration {
     let margin = ttl / 5;

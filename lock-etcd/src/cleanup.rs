@@ -100,17 +100,25 @@ impl Cleanups {
 /// backoff until etcd answers or the lease is gone.
 async fn delete(client: &Client, leftover: Leftover, limit: Duration) {
     let contender = leftover.contender.as_str();
-    let ours = match leftover.written {
-        Written::At(revision) => Compare::create_revision(contender, CompareOp::Equal, revision),
+    let known = match leftover.written {
+        Written::At(revision) => Some(revision),
         Written::Pending(write) => match write.await {
-            Ok(Ok((revision, _))) => Compare::create_revision(contender, CompareOp::Equal, revision),
+            Ok(Ok((revision, _))) => Some(revision),
             // A failed or timed-out write may still have landed.
-            _ => Compare::lease(contender, CompareOp::Equal, leftover.lease),
+            _ => None,
         },
+        Written::Unknown => None,
+    };
+    let ours = match known {
+        Some(revision) => Compare::create_revision(contender, CompareOp::Equal, revision),
         // Nothing else of this lease can write the key while we run (the
         // next attempt waits for us), so the lease identifies our write.
-        Written::Unknown => Compare::lease(contender, CompareOp::Equal, leftover.lease),
+        None => Compare::lease(contender, CompareOp::Equal, leftover.lease),
     };
+    // A write whose outcome is unknown may still be on its way (through a
+    // member that forwards it late): finding no key once is not proof, so
+    // look again after a request timeout, twice.
+    let mut late_checks = if known.is_some() { 0 } else { LATE_WRITE_CHECKS };
     let txn = Txn::new().when([ours]).and_then([TxnOp::delete(contender, None)]);
     let mut pause = Duration::from_millis(100);
     let mut tries = 0u32;
@@ -120,7 +128,15 @@ async fn delete(client: &Client, leftover: Leftover, limit: Duration) {
         tokio::select! {
             _ = leftover.lease_ended.fired() => return,
             outcome = timeout(limit, kv.txn(txn.clone())) => match outcome {
-                Ok(Ok(_)) => return,
+                Ok(Ok(deleted)) if deleted.succeeded() || late_checks == 0 => return,
+                Ok(Ok(_)) => {
+                    late_checks -= 1;
+                    tokio::select! {
+                        _ = leftover.lease_ended.fired() => return,
+                        () = sleep(limit) => {}
+                    }
+                    continue;
+                }
                 outcome => debug!(contender, tries, ?outcome, "deleting our key failed; retrying"),
             },
         }
@@ -136,3 +152,7 @@ async fn delete(client: &Client, leftover: Leftover, limit: Duration) {
 }
 
 const WARN_AFTER: u32 = 10;
+
+/// How often a key whose write had an unknown outcome is looked for again
+/// after it was first found absent.
+const LATE_WRITE_CHECKS: u32 = 2;

@@ -115,12 +115,21 @@ impl FileLock {
         blocking(&target.key, move || target_for_pool.attempt(file)).await
     }
 
-    /// Wraps a grant in a lease watched for the deletion of its file.
-    fn lease(&self, target: &Target, options: &LockOptions, grant: Grant, confirmed_at: Instant) -> Lease {
+    /// Wraps a grant in a lease watched for the deletion of its file, held
+    /// in `session`: the one the request started in, so a grant that lands
+    /// after that session ended is closed at once rather than kept by the next.
+    fn lease(
+        &self,
+        session: Arc<Session>,
+        target: &Target,
+        options: &LockOptions,
+        grant: Grant,
+        confirmed_at: Instant,
+    ) -> Lease {
         let Grant { file, id, record } = grant;
         let watched = Arc::new(Watched::new(target.key.clone(), target.path.clone(), id));
         let loss = watched.loss().clone();
-        let held = Held::register(file, Arc::clone(&watched), self.session());
+        let held = Held::register(file, Arc::clone(&watched), session);
         self.monitor.watch(&watched);
         let ttl = options.effective_ttl(&self.capabilities());
         debug!(backend = BACKEND, key = %target.key, token = record.token, "granted");
@@ -176,7 +185,9 @@ impl DistributedLock for FileLock {
             loop {
                 let confirmed_at = Instant::now();
                 match Self::attempt(&target, file).await? {
-                    Attempt::Granted(grant) => return Ok(self.lease(&target, options, grant, confirmed_at)),
+                    Attempt::Granted(grant) => {
+                        return Ok(self.lease(Arc::clone(&session), &target, options, grant, confirmed_at));
+                    }
                     Attempt::Replaced => break,
                     Attempt::Busy(busy) => {
                         // Waiting on a file that stays put is no spin.
@@ -199,6 +210,7 @@ impl DistributedLock for FileLock {
     }
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
+        let session = self.session();
         let target = self.target(key, options);
         let mut replaced = Replacements::default();
         loop {
@@ -206,7 +218,9 @@ impl DistributedLock for FileLock {
             let confirmed_at = Instant::now();
             let attempt = Arc::clone(&target);
             match blocking(key, move || attempt.attempt(attempt.open()?)).await? {
-                Attempt::Granted(grant) => return Ok(Some(self.lease(&target, options, grant, confirmed_at))),
+                Attempt::Granted(grant) => {
+                    return Ok(Some(self.lease(Arc::clone(&session), &target, options, grant, confirmed_at)));
+                }
                 Attempt::Busy(_) => return Ok(None),
                 Attempt::Replaced => {}
             }

@@ -229,7 +229,10 @@ fn refused(error: &Error) -> bool {
 fn open_to_anyone(acl: &[Acl]) -> bool {
     acl.iter().any(|entry| {
         matches!(entry.scheme(), "world" | "ip")
-            && (entry.permission().has(Permission::CREATE) || entry.permission().has(Permission::DELETE))
+            // ADMIN lets them set an open ACL first.
+            && (entry.permission().has(Permission::CREATE)
+                || entry.permission().has(Permission::DELETE)
+                || entry.permission().has(Permission::ADMIN))
     })
 }
 
@@ -245,6 +248,7 @@ mod tests {
         assert!(open_to_anyone(&Acls::anyone_all()));
         assert!(open_to_anyone(&[entry(Permission::DELETE, "world", "anyone")]));
         assert!(open_to_anyone(&[entry(Permission::CREATE, "ip", "10.0.0.0/8")]));
+        assert!(open_to_anyone(&[entry(Permission::ADMIN, "world", "anyone")]));
         let digest = entry(Permission::ALL, "digest", "app:hash=");
         assert!(!open_to_anyone(std::slice::from_ref(&digest)));
         assert!(!open_to_anyone(&[digest, entry(Permission::READ, "world", "anyone")]));

@@ -28,7 +28,28 @@ pub(crate) async fn connect(config: &ZkConfig, key: Option<&LockKey>) -> Result<
         Ok(Err(failure)) => return Err(unreachable(hosts, key, failure.to_string()).await),
         Err(_) => return Err(unreachable(hosts, key, format!("no session within {limit:?}")).await),
     };
+    if client.session_timeout() != config.session_timeout_value() {
+        // The guard would count the right TTL, but everything planned from
+        // the configured one (distlock exec's --grace) would be wrong.
+        return Err(LockError::InvalidOptions {
+            backend: BACKEND,
+            message: format!(
+                "ZooKeeper granted a {:?} session for a {:?} request: choose a session timeout within the \
+                 server's minSessionTimeout..maxSessionTimeout",
+                client.session_timeout(),
+                config.session_timeout_value()
+            ),
+        });
+    }
     let Some(chroot) = chroot else { return Ok(client) };
+    // An existing chroot is used as it is: creating it anew would need the
+    // right to create in its parent, which a client given only the chroot
+    // may lack.
+    match timeout(config.request_timeout_value(), client.check_stat(chroot)).await {
+        Ok(Ok(Some(_))) => return client_at(client, chroot),
+        Ok(_) => {}
+        Err(_) => return Err(error::timed_out(key, "find the chroot", config.request_timeout_value())),
+    }
     let acls = if config.digest_value().is_some() { Acls::creator_all() } else { Acls::anyone_all() };
     let options = CreateMode::Persistent.with_acls(acls);
     match timeout(config.request_timeout_value(), client.mkdir(chroot, &options)).await {
@@ -41,6 +62,10 @@ pub(crate) async fn connect(config: &ZkConfig, key: Option<&LockKey>) -> Result<
         }
         Err(_) => return Err(error::timed_out(key, "create the chroot", config.request_timeout_value())),
     }
+    client_at(client, chroot)
+}
+
+fn client_at(client: Client, chroot: &str) -> Result<Client, LockError> {
     client.chroot(chroot.to_owned()).map_err(|_| LockError::InvalidConfig {
         backend: BACKEND,
         message: format!("{chroot:?} is not a valid chroot: expected an absolute path such as /app"),
