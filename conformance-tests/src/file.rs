@@ -24,6 +24,11 @@ impl FileHarness {
         Self { dir: std::env::temp_dir().join(format!("distlock-file-suite-{}", &id[..12])), holder_binary: None }
     }
 
+    /// The directory the harness's clients share.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The `conformance-holder` binary, for the killed-holder case.
     pub fn with_holder_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.holder_binary = Some(path.into());
