@@ -287,6 +287,7 @@ impl BackendUrl {
 /// The key namespace a URL path names, alike for etcd and Consul: `/app`
 /// and `/app/` both put every key under `app/`; no path (or `/`) keeps the
 /// backend's default.
+#[cfg(any(feature = "etcd", feature = "consul"))]
 fn namespace_of(path: &str) -> Option<String> {
     let trimmed = path.trim_start_matches('/').trim_end_matches('/');
     (!trimmed.is_empty()).then(|| format!("{trimmed}/"))
@@ -297,6 +298,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(any(feature = "etcd", feature = "consul"))]
     fn a_path_names_the_same_namespace_with_or_without_its_slash() {
         assert_eq!(namespace_of(""), None);
         assert_eq!(namespace_of("/"), None);

@@ -116,6 +116,7 @@ impl Locks {
             tracing::Span::current().record("token", lease.token().get());
             debug!(waited = ?started.elapsed(), "acquired");
             let margin = options.effective_safety_margin(lease.ttl());
+            self.refuse_if_unprovable(&lease, margin).await?;
             Ok(LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit))
         }
         .instrument(span)
@@ -137,11 +138,26 @@ impl Locks {
             return Ok(None);
         };
         let span = info_span!("try_acquire", backend = self.backend_name(), key = %key);
-        let lease = self.backend.try_acquire(key, options).instrument(span).await?;
-        Ok(lease.map(|lease| {
-            let margin = options.effective_safety_margin(lease.ttl());
-            LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit)
-        }))
+        let Some(lease) = self.backend.try_acquire(key, options).instrument(span).await? else { return Ok(None) };
+        let margin = options.effective_safety_margin(lease.ttl());
+        self.refuse_if_unprovable(&lease, margin).await?;
+        Ok(Some(LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit)))
+    }
+
+    /// A grant that can no longer be proven held when it reaches us (the
+    /// lease or session it rests on ran out while the client was cut off,
+    /// and the grant's news came late) is not handed out: the guard would be
+    /// lost from its first moment, and its token may be below grants made
+    /// since. What the service may still hold of it is released.
+    async fn refuse_if_unprovable(&self, lease: &crate::Lease, margin: Duration) -> Result<(), LockError> {
+        let proven_until = lease.confirmed_at() + lease.ttl().saturating_sub(margin);
+        if Instant::now() < proven_until {
+            return Ok(());
+        }
+        let since = lease.confirmed_at().elapsed();
+        debug!(key = %lease.key(), ?since, "the grant came after it could be proven held; giving it back");
+        let _ = self.backend.release(lease).await;
+        Err(LockError::lost(self.backend_name(), lease.key(), crate::LostReason::NotConfirmed { since }))
     }
 
     /// The current holder of `key`, or `None` when free.

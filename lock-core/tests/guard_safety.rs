@@ -49,3 +49,76 @@ fn ended_sessions_are_not_remembered_forever() {
     }
     assert!(store.session_records() <= 2, "the store keeps {} session records", store.session_records());
 }
+
+/// A backend that grants every key with proof of liveness from long ago, as
+/// a waiter whose grant reached it only after its lease had run out would.
+#[derive(Debug, Default)]
+struct StaleGrants {
+    released: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl lock_core::DistributedLock for StaleGrants {
+    fn backend(&self) -> &'static str {
+        "stale"
+    }
+
+    fn capabilities(&self) -> lock_core::Capabilities {
+        lock_core::Capabilities::new(Duration::from_millis(10), Duration::from_secs(60))
+    }
+
+    async fn acquire(
+        &self,
+        key: &lock_core::LockKey,
+        options: &lock_core::LockOptions,
+        _deadline: Option<tokio::time::Instant>,
+    ) -> Result<lock_core::Lease, lock_core::LockError> {
+        let ttl = options.effective_ttl(&self.capabilities());
+        let long_ago = tokio::time::Instant::now().checked_sub(ttl * 2).unwrap_or_else(tokio::time::Instant::now);
+        Ok(lock_core::Lease::new(
+            key.clone(),
+            lock_core::FencingToken::new(1),
+            options.owner_value().to_owned(),
+            ttl,
+            long_ago,
+            lock_core::LossSignal::new(),
+            std::sync::Arc::new(()),
+        ))
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &lock_core::LockKey,
+        options: &lock_core::LockOptions,
+    ) -> Result<Option<lock_core::Lease>, lock_core::LockError> {
+        self.acquire(key, options, None).await.map(Some)
+    }
+
+    async fn renew(&self, lease: &lock_core::Lease) -> Result<tokio::time::Instant, lock_core::LockError> {
+        Ok(lease.confirmed_at())
+    }
+
+    async fn release(&self, _lease: &lock_core::Lease) -> Result<(), lock_core::LockError> {
+        self.released.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn inspect(&self, _key: &lock_core::LockKey) -> Result<Option<lock_core::LockInfo>, lock_core::LockError> {
+        Ok(None)
+    }
+}
+
+/// Found by the fault campaign on etcd: a grant that reaches the client only
+/// after it can no longer be proven held (its lease ran out while the client
+/// was cut off) is never handed out as a guard: acquire fails with `Lost`
+/// and gives back what the service may still hold.
+#[tokio::test]
+async fn a_grant_that_can_no_longer_be_proven_held_is_not_handed_out() {
+    let backend = std::sync::Arc::new(StaleGrants::default());
+    let locks = Locks::from_backend(backend.clone());
+    let acquired = locks.lock("stale").ttl(Duration::from_secs(1)).acquire().await;
+    assert!(matches!(acquired, Err(lock_core::LockError::Lost { .. })), "{acquired:?}");
+    let tried = locks.lock("stale").ttl(Duration::from_secs(1)).try_acquire().await;
+    assert!(matches!(tried, Err(lock_core::LockError::Lost { .. })), "{tried:?}");
+    assert_eq!(backend.released.load(std::sync::atomic::Ordering::Relaxed), 2, "the stale grants were not given back");
+}

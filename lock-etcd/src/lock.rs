@@ -213,10 +213,9 @@ impl EtcdLock {
                 .with_prefix()
                 .with_sort(SortTarget::Create, SortOrder::Descend)
                 .with_max_create_revision(revision - 1)
-                .with_limit(2)
+                .with_limit(1)
                 .with_keys_only();
-            // One snapshot: the (up to two) contenders just before us, and
-            // our own key.
+            // One snapshot: the contender just before us, and our own key.
             let read = Txn::new().and_then([
                 TxnOp::get(prefix.clone(), Some(predecessor)),
                 TxnOp::get(contender, Some(GetOptions::new().with_keys_only())),
@@ -230,12 +229,14 @@ impl EtcdLock {
                 return Err(lost(key, reason));
             }
             let Some(before) = first_kv(&responses, 0) else { return Ok(()) };
-            // When the predecessor is the only contender before us, its end
-            // is our turn: keys written later have higher create revisions,
-            // so nothing can come before us again, and no read is needed to
-            // confirm it. This is every hand-off from a holder to the next
-            // waiter; the waiters further back read again as before.
-            let next_in_line = contenders_before(&responses) == 1;
+            // The predecessor's end is not our turn by itself: our own key
+            // may have gone meanwhile (our lease expired while we were cut
+            // off, an operator deleted it) and its deletion event may come
+            // after the predecessor's. So every wake-up reads again, and only
+            // a read that finds our key and nothing before it grants the
+            // lock, as etcd's own Mutex does. (The lock-torture campaign
+            // found a grant of a deleted key, with a token below later
+            // grants', when the shortcut trusted the predecessor's end.)
             let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
             if own_broken {
                 // Our key existed at `seen_at`: any later deletion is seen.
@@ -260,7 +261,7 @@ impl EtcdLock {
                 () = lock_core::deadline_passed(deadline) => {
                     return Err(LockError::timeout(BACKEND, key, started));
                 }
-                predecessor_gone = async {
+                () = async {
                     // Created after writes we have not seen: the predecessor
                     // may be gone already, its deletion before the watch. Its
                     // key may even be back, written anew by the same lease
@@ -268,18 +269,12 @@ impl EtcdLock {
                     if turn.created().await.is_some_and(|created| created > seen_at) {
                         match self.create_revision(key, &before).await {
                             Ok(Some(current)) if current == before_revision => {}
-                            Ok(_) => return true,
-                            Err(_) => return false,
+                            _ => return,
                         }
                     }
-                    turn.ended().await == Some(WatchEnd::Deleted)
-                } => {
-                    // Otherwise (not known gone: a compaction, a failed
-                    // check, the hub stopping) read again.
-                    if next_in_line && predecessor_gone {
-                        return Ok(());
-                    }
-                }
+                    // Deleted, compacted or the hub stopping: read again.
+                    let _ = turn.ended().await;
+                } => {}
             }
         }
     }
@@ -414,15 +409,6 @@ fn first_kv(responses: &[etcd_client::TxnOpResponse], index: usize) -> Option<&K
     match responses.get(index)? {
         etcd_client::TxnOpResponse::Get(get) => get.kvs().first(),
         _ => None,
-    }
-}
-
-/// How many keys the first read of a snapshot returned. (Not its `count`:
-/// etcd counts the whole range before the create-revision filter.)
-fn contenders_before(responses: &[etcd_client::TxnOpResponse]) -> usize {
-    match responses.first() {
-        Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs().len(),
-        _ => 0,
     }
 }
 
