@@ -27,7 +27,11 @@ pub(crate) fn map(key: Option<&LockKey>, error: etcd_client::Error) -> LockError
 pub(crate) fn unreachable(endpoints: &str, error: etcd_client::Error) -> LockError {
     let failure = match &error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => ConnectFailure::of(&error),
-        etcd_client::Error::GRpcStatus(status) if matches!(status.code(), Code::Unavailable | Code::Unknown) => {
+        // A server that is not etcd may close the connection mid-request:
+        // the request is then reported cancelled.
+        etcd_client::Error::GRpcStatus(status)
+            if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) =>
+        {
             ConnectFailure::of(&error)
         }
         _ => return map(None, error),
