@@ -62,20 +62,25 @@ fn url(consul: &PrivateConsul, ca: &str, token: Option<&str>) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_with_a_ca_file_and_an_acl_token() {
-    let consul = start_consul();
-    // Ready once a session can be made with the management token.
+/// A client with the management token, once the agent is ready (it answers
+/// and can make a session).
+async fn connect_when_ready(consul: &PrivateConsul) -> lock_core::Locks {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let locks = loop {
-        match distlock::connect(&url(&consul, "ca.pem", Some(MANAGEMENT_TOKEN))).await {
-            Ok(locks) => break locks,
+    loop {
+        match distlock::connect(&url(consul, "ca.pem", Some(MANAGEMENT_TOKEN))).await {
+            Ok(locks) => return locks,
             Err(error) => {
                 assert!(Instant::now() < deadline, "the private Consul never accepted the token over HTTPS: {error}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_file_and_an_acl_token() {
+    let consul = start_consul();
+    let locks = connect_when_ready(&consul).await;
     let guard = locks.lock("secured/job").try_acquire().await;
     let guard = guard.ok().flatten().unwrap_or_else(|| panic!("could not take a free key over HTTPS"));
     assert!(guard.token().get() > 0);
@@ -125,16 +130,7 @@ fn consul_api(consul: &PrivateConsul, method: &str, path: &str, token: &str, bod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_write_on_the_prefix_cannot_steal_a_lock() {
     let consul = start_consul();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let holder = loop {
-        match distlock::connect(&url(&consul, "ca.pem", Some(MANAGEMENT_TOKEN))).await {
-            Ok(locks) => break locks,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "the private Consul never accepted the token over HTTPS: {error}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let holder = connect_when_ready(&consul).await;
     let rules = r#"key_prefix \"tls-test/\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"read\" }"#;
     let policy = format!(r#"{{"Name":"read-only-locks","Rules":"{rules}"}}"#);
     let (status, body) = consul_api(&consul, "PUT", "/v1/acl/policy", MANAGEMENT_TOKEN, Some(&policy));

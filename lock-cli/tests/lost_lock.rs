@@ -197,6 +197,13 @@ fn millis_after(later: u128, earlier: u128) -> String {
 #[test]
 fn a_cut_off_command_that_ignores_term_is_killed_before_the_lock_is_granted_elsewhere() {
     let run = cut_off_holder("cut-off-term", &[]);
+    let stderr = assert_stopped_before_regrant(&run);
+    assert!(stderr.contains("not renewed in time") && stderr.contains("SIGTERM now"), "{stderr}");
+}
+
+/// The cut-off holder's command made its last write before the waiter was
+/// granted the lock, and its `distlock exec` exited 74; returns its stderr.
+fn assert_stopped_before_regrant(run: &CutOff) -> &str {
     let (status, stderr) = &run.holder;
     assert!(
         run.last_write < run.granted,
@@ -207,7 +214,7 @@ fn a_cut_off_command_that_ignores_term_is_killed_before_the_lock_is_granted_else
         millis_after(run.last_write, run.cut),
     );
     assert_eq!(status.code(), Some(74), "{stderr}");
-    assert!(stderr.contains("not renewed in time") && stderr.contains("SIGTERM now"), "{stderr}");
+    stderr
 }
 
 /// `--on-lost kill` kills the command when the lock can no longer be proven
@@ -215,16 +222,7 @@ fn a_cut_off_command_that_ignores_term_is_killed_before_the_lock_is_granted_else
 #[test]
 fn on_lost_kill_kills_a_cut_off_command_before_the_lock_is_granted_elsewhere() {
     let run = cut_off_holder("cut-off-kill", &["--on-lost", "kill"]);
-    let (status, stderr) = &run.holder;
-    assert!(
-        run.last_write < run.granted,
-        "the cut-off holder's command still ran {} after the waiter was granted the lock \
-         (cut at 0, waiter granted at {}, last write at {}); holder: {status:?}\n{stderr}",
-        millis_after(run.last_write, run.granted),
-        millis_after(run.granted, run.cut),
-        millis_after(run.last_write, run.cut),
-    );
-    assert_eq!(status.code(), Some(74), "{stderr}");
+    assert_stopped_before_regrant(&run);
 }
 
 /// A grace longer than the TTL leaves room for is refused before the lock
