@@ -1,10 +1,12 @@
 //! The real `distlock` binary, driven as an operator would.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const DISTLOCK: &str = env!("CARGO_BIN_EXE_distlock");
+mod common;
+
+use common::{distlock, run};
 
 /// A fresh file-backend directory for one test.
 fn backend() -> (PathBuf, String) {
@@ -12,16 +14,6 @@ fn backend() -> (PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("distlock-cli-{}-{nanos}", std::process::id()));
     let url = format!("file://{}", dir.display());
     (dir, url)
-}
-
-fn distlock(url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(DISTLOCK);
-    command.env("DISTLOCK_URL", url).env_remove("XDG_RUNTIME_DIR").args(args);
-    command
-}
-
-fn run(url: &str, args: &[&str]) -> Output {
-    distlock(url, args).output().unwrap_or_else(|e| panic!("cannot run distlock: {e}"))
 }
 
 fn wait_for(path: &Path) {

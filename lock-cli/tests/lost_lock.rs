@@ -11,12 +11,14 @@
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conformance_tests::proxy::StallProxy;
 
-const DISTLOCK: &str = env!("CARGO_BIN_EXE_distlock");
+mod common;
+
+use common::{distlock, run};
 
 /// How long any one step may take before the test fails.
 const STEP: Duration = Duration::from_secs(25);
@@ -44,16 +46,6 @@ fn now_nanos() -> u128 {
 /// A name no earlier run used, for keys and scratch files.
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), now_nanos())
-}
-
-fn distlock(url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(DISTLOCK);
-    command.env("DISTLOCK_URL", url).env_remove("XDG_RUNTIME_DIR").args(args);
-    command
-}
-
-fn run(url: &str, args: &[&str]) -> Output {
-    distlock(url, args).output().unwrap_or_else(|e| panic!("cannot run distlock: {e}"))
 }
 
 /// Waits until `path` holds at least one line.

@@ -13,12 +13,7 @@ async fn deleting_a_held_lock_file_does_not_repeat_its_token() {
     let first = take(&holder, "deploy").await;
     ok(std::fs::remove_file(dir.lock_file("deploy")));
     let second = take(&other, "deploy").await;
-    assert!(
-        second.token() > first.token(),
-        "the second holder got token {} after the first holder's {}",
-        second.token(),
-        first.token()
-    );
+    assert_second_above_first(&first, &second);
 }
 
 #[tokio::test]
@@ -30,12 +25,7 @@ async fn replacing_a_held_lock_file_does_not_repeat_its_token() {
     ok(std::fs::write(&impostor, b""));
     ok(std::fs::rename(&impostor, dir.lock_file("deploy")));
     let second = take(&other, "deploy").await;
-    assert!(
-        second.token() > first.token(),
-        "the second holder got token {} after the first holder's {}",
-        second.token(),
-        first.token()
-    );
+    assert_second_above_first(&first, &second);
 }
 
 #[tokio::test]
@@ -85,4 +75,14 @@ async fn tokens_increase_across_clients_and_keys() {
         last = token;
         take_and_release(locks, "other").await;
     }
+}
+
+/// The second holder's token is above the first holder's.
+fn assert_second_above_first(first: &lock_core::LockGuard, second: &lock_core::LockGuard) {
+    assert!(
+        second.token() > first.token(),
+        "the second holder got token {} after the first holder's {}",
+        second.token(),
+        first.token()
+    );
 }
