@@ -145,8 +145,18 @@ async fn a_token_without_write_on_the_prefix_cannot_steal_a_lock() {
         .unwrap_or_else(|| panic!("no SecretID in {body}"))
         .to_owned();
 
-    let guard = holder.lock("secured/job").try_acquire().await;
-    let guard = guard.ok().flatten().unwrap_or_else(|| panic!("could not take a free key"));
+    // The fresh agent may still be settling after the ACL writes (a
+    // transient error under load): try again, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let guard = loop {
+        match holder.lock("secured/job").try_acquire().await {
+            Ok(Some(guard)) => break guard,
+            outcome => {
+                assert!(Instant::now() < deadline, "could not take a free key: {outcome:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let reader = distlock::connect(&url(&consul, "ca.pem", Some(&secret))).await;
     if let Ok(reader) = reader {
         let attempt = reader.lock("secured/job").wait(Duration::from_secs(2)).acquire().await;
