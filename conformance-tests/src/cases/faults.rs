@@ -21,14 +21,9 @@ use crate::{Harness, Namespace, TestClient};
 /// alive and renewing. The timed-out client's next grant of the key holds.
 pub async fn waiter_timing_out_while_cut_off_leaves_nothing(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
-    let ns = Namespace::new();
-    let key = ns.key("timed out while cut off");
-    let (holder, waiter, third) = (h.client().await, h.client().await, h.client().await);
-    if waiter.control.proxy().is_none() {
-        tracing::info!(backend = h.name(), "no connection to break: case not applicable");
+    let Some(Scene { ns, key, _holder, waiter, third, guard }) = scene(h, "timed out while cut off").await else {
         return;
-    }
-    let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
+    };
     let deadline = Instant::now() + Duration::from_millis(1500);
     let waiting = {
         let (locks, key, opts) = (waiter.locks.clone(), key.clone(), options(h, "waiter"));
@@ -59,14 +54,9 @@ pub async fn waiter_timing_out_while_cut_off_leaves_nothing(h: std::sync::Arc<dy
 /// next grant of the key holds.
 pub async fn acquire_cancelled_while_replies_are_lost_leaves_nothing(h: std::sync::Arc<dyn Harness>) {
     let h = &*h;
-    let ns = Namespace::new();
-    let key = ns.key("cancelled without replies");
-    let (holder, waiter, third) = (h.client().await, h.client().await, h.client().await);
-    if waiter.control.proxy().is_none() {
-        tracing::info!(backend = h.name(), "no connection to break: case not applicable");
+    let Some(Scene { ns, key, _holder, waiter, third, guard }) = scene(h, "cancelled without replies").await else {
         return;
-    }
-    let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
+    };
     // A lease or session of its own first, so that its contender write is
     // among the requests whose replies are lost.
     let warm_up = take(h, &waiter.locks, &ns.key("warm-up"), &options(h, "waiter")).await;
@@ -85,6 +75,31 @@ pub async fn acquire_cancelled_while_replies_are_lost_leaves_nothing(h: std::syn
     release(h, guard).await;
     next_grants_hold(h, &key, &third, &waiter).await;
     assert_clean(h, ns.prefix(), "after an acquire cancelled without replies").await;
+}
+
+/// Three clients on one key of a fresh namespace, the first holding it;
+/// `None` (the case does not apply) when the harness has no connection to
+/// break.
+struct Scene {
+    ns: Namespace,
+    key: lock_core::LockKey,
+    /// Kept so the holder's client lives as long as its guard.
+    _holder: TestClient,
+    waiter: TestClient,
+    third: TestClient,
+    guard: LockGuard,
+}
+
+async fn scene(h: &dyn Harness, name: &str) -> Option<Scene> {
+    let ns = Namespace::new();
+    let key = ns.key(name);
+    let (holder, waiter, third) = (h.client().await, h.client().await, h.client().await);
+    if waiter.control.proxy().is_none() {
+        tracing::info!(backend = h.name(), "no connection to break: case not applicable");
+        return None;
+    }
+    let guard = take(h, &holder.locks, &key, &options(h, "holder")).await;
+    Some(Scene { ns, key, _holder: holder, waiter, third, guard })
 }
 
 /// The key, just released by its holder, is granted to `third` within the
