@@ -68,6 +68,24 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Instantiates the reader/writer cases (module `$name`) for a backend that
+/// grants [`LockMode::Read`](lock_core::LockMode::Read) and
+/// [`LockMode::Write`](lock_core::LockMode::Write).
+#[macro_export]
+macro_rules! reader_writer_suite {
+    ($name:ident, $harness:expr) => {
+        $crate::__conformance_cases!($name, $harness;
+            readers_share_across_clients,
+            writer_excludes_readers_and_writers,
+            waiting_writer_holds_back_later_readers,
+            readers_and_writers_contend,
+            both_modes_on_one_client,
+            silent_reader_and_writer_expire,
+            abandoned_waits_leave_nothing_in_both_modes
+        );
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {

@@ -1,3 +1,4 @@
 //! The conformance suite on the in-memory reference backend.
 
 conformance_tests::conformance_suite!(memory, conformance_tests::memory::MemoryHarness::new());
+conformance_tests::reader_writer_suite!(memory_rw, conformance_tests::memory::MemoryHarness::new());

@@ -5,6 +5,8 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+#[cfg(doc)]
+use crate::LockMode;
 use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
 
 /// A distributed lock service: the contract every backend implements.
@@ -21,7 +23,11 @@ use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
 ///
 /// * **Mutual exclusion.** At most one lease of a key is held at a time across
 ///   all clients of the service, as long as every holder stops when its lease
-///   is reported lost.
+///   is reported lost; the only exception is [`LockMode::Read`] leases, which
+///   share a key with each other (and with nothing else).
+/// * **Writer preference.** Where [`Capabilities::writer_preference`] holds, a
+///   read acquisition that starts after a write or exclusive acquisition of
+///   the key began waiting is granted only after that one.
 /// * **Fencing.** Each grant of a key carries a [`FencingToken`](crate::FencingToken)
 ///   greater than every earlier grant's, across expiry and client restarts.
 /// * **Expiry.** When a holder's client falls silent (its process paused,
@@ -34,9 +40,12 @@ use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
 ///   the holder process dies.
 /// * **No leftovers.** A cancelled, failed or timed-out acquisition leaves no
 ///   holder and no waiter behind; a released lease leaves no state behind.
-/// * **One grant per key per client.** A backend may assume one client never
-///   has two acquisitions of one key in flight; `Locks` guarantees it, so
+/// * **One exclusive grant per key per client.** A backend may assume one
+///   client never has an exclusive or write acquisition of a key in flight
+///   beside any other acquisition of that key; `Locks` guarantees it, so
 ///   exclusion between tasks sharing a client never depends on the service.
+///   Several read acquisitions of one key by one client may be in flight and
+///   held at once: the backend keeps them apart (each its own contender).
 /// * **Typed errors.** Unreachable endpoints give [`LockError::Unavailable`]
 ///   within the configured timeouts; nothing waits without a bound except
 ///   [`acquire`](Self::acquire) with no deadline.
@@ -113,10 +122,23 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     async fn release(&self, lease: &Lease) -> Result<(), LockError>;
 
     /// The current holder of `key` and its fencing token, or `None` when free.
+    /// While readers share the key, the reader with the lowest token.
     ///
     /// # Errors
     /// [`LockError::Unavailable`] or [`LockError::Backend`].
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError>;
+
+    /// Every current holder of `key` (several while readers share it), in
+    /// token order; empty when the key is free.
+    ///
+    /// The default answers from [`inspect`](Self::inspect), which is right
+    /// for backends that grant only exclusive modes.
+    ///
+    /// # Errors
+    /// As [`inspect`](Self::inspect).
+    async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
+        Ok(self.inspect(key).await?.into_iter().collect())
+    }
 }
 
 /// Completes at `deadline`; never when there is none. For the deadline arm of

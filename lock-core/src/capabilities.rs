@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::LockMode;
+
 /// The guarantees and limits of one backend.
 ///
 /// Options outside these limits are rejected with
@@ -39,12 +41,19 @@ pub struct Capabilities {
     pub expires: bool,
     /// Whether clients in different processes exclude each other.
     pub shared_across_processes: bool,
+    /// The [`LockMode`]s the backend grants; others are refused as invalid
+    /// options.
+    pub modes: &'static [LockMode],
+    /// Whether a waiting writer (or mutex contender) makes readers that
+    /// arrive after it wait, so readers never starve it. `true` on every
+    /// backend that grants [`LockMode::Read`].
+    pub writer_preference: bool,
 }
 
 impl Capabilities {
     /// Capabilities with the given TTL range; the default TTL is 15 s clamped
     /// into the range; not FIFO, no expiry slack, expiring, shared across
-    /// processes.
+    /// processes, the mutex only, writer-preferring.
     pub fn new(min_ttl: Duration, max_ttl: Duration) -> Self {
         Self {
             min_ttl,
@@ -54,6 +63,8 @@ impl Capabilities {
             expiry_slack: Duration::ZERO,
             expires: true,
             shared_across_processes: true,
+            modes: &[LockMode::Exclusive],
+            writer_preference: true,
         }
     }
 
@@ -91,6 +102,23 @@ impl Capabilities {
     pub fn with_shared_across_processes(mut self, shared: bool) -> Self {
         self.shared_across_processes = shared;
         self
+    }
+
+    /// Declares the modes the backend grants.
+    pub fn with_modes(mut self, modes: &'static [LockMode]) -> Self {
+        self.modes = modes;
+        self
+    }
+
+    /// Declares whether waiting writers hold back later readers.
+    pub fn with_writer_preference(mut self, writer_preference: bool) -> Self {
+        self.writer_preference = writer_preference;
+        self
+    }
+
+    /// Whether the backend grants `mode`.
+    pub fn grants(&self, mode: LockMode) -> bool {
+        self.modes.contains(&mode)
     }
 
     /// Whether `ttl` lies within `min_ttl..=max_ttl`.

@@ -8,7 +8,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info_span};
 
 use crate::local::LocalLocks;
-use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockKey, LockOptions};
+use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockKey, LockMode, LockOptions};
 
 /// One client of a lock service, shared by all tasks of a process.
 ///
@@ -83,6 +83,37 @@ impl Locks {
         }
     }
 
+    /// Starts a request for the read side of `key`'s reader/writer lock:
+    /// readers share the key, with each other only. Curator's
+    /// `readLock()`, tokio's `RwLock::read`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::{Locks, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let (a, b) = (Locks::new(store.client()), Locks::new(store.client()));
+    /// let first = a.read_lock("objects/photo.jpg").acquire().await?;
+    /// let second = b.read_lock("objects/photo.jpg").acquire().await?; // shares
+    /// assert!(b.write_lock("objects/photo.jpg").try_acquire().await?.is_none());
+    /// assert_eq!(a.holders("objects/photo.jpg").await?.len(), 2);
+    /// first.release().await?;
+    /// second.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_lock(&self, key: impl AsRef<str>) -> LockRequest {
+        self.lock(key).mode(LockMode::Read)
+    }
+
+    /// Starts a request for the write side of `key`'s reader/writer lock: the
+    /// key alone, once every earlier reader and writer is done. Curator's
+    /// `writeLock()`, tokio's `RwLock::write`.
+    pub fn write_lock(&self, key: impl AsRef<str>) -> LockRequest {
+        self.lock(key).mode(LockMode::Write)
+    }
+
     /// Waits for `key` until `deadline` (`None`: forever).
     ///
     /// # Errors
@@ -101,9 +132,15 @@ impl Locks {
         let capabilities = self.capabilities();
         options.validate(self.backend_name(), &capabilities)?;
         let started = Instant::now();
-        let span = info_span!("acquire", backend = self.backend_name(), key = %key, token = tracing::field::Empty);
+        let span = info_span!(
+            "acquire",
+            backend = self.backend_name(),
+            key = %key,
+            mode = %options.mode_value(),
+            token = tracing::field::Empty
+        );
         async {
-            let local = self.local.acquire(key);
+            let local = self.local.acquire(key, options.mode_value());
             let permit = match deadline {
                 Some(deadline) => timeout_at(deadline, local).await.map_err(|_| LockError::Timeout {
                     backend: self.backend_name(),
@@ -134,10 +171,10 @@ impl Locks {
     /// Cancel safe.
     pub async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<LockGuard>, LockError> {
         options.validate(self.backend_name(), &self.capabilities())?;
-        let Some(permit) = self.local.try_acquire(key) else {
+        let Some(permit) = self.local.try_acquire(key, options.mode_value()) else {
             return Ok(None);
         };
-        let span = info_span!("try_acquire", backend = self.backend_name(), key = %key);
+        let span = info_span!("try_acquire", backend = self.backend_name(), key = %key, mode = %options.mode_value());
         let Some(lease) = self.backend.try_acquire(key, options).instrument(span).await? else { return Ok(None) };
         let margin = options.effective_safety_margin(lease.ttl());
         self.refuse_if_unprovable(&lease, margin).await?;
@@ -169,6 +206,16 @@ impl Locks {
         let key = LockKey::new(key.as_ref())?;
         self.backend.inspect(&key).await
     }
+
+    /// Every current holder of `key` (several while readers share it), in
+    /// token order.
+    ///
+    /// # Errors
+    /// As [`inspect`](Self::inspect).
+    pub async fn holders(&self, key: impl AsRef<str>) -> Result<Vec<LockInfo>, LockError> {
+        let key = LockKey::new(key.as_ref())?;
+        self.backend.holders(&key).await
+    }
 }
 
 impl fmt::Debug for Locks {
@@ -197,6 +244,13 @@ impl LockRequest {
     /// The owner string other clients see through `inspect`.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.options = self.options.owner(owner);
+        self
+    }
+
+    /// How the key is held (default [`LockMode::Exclusive`]; see
+    /// [`Locks::read_lock`] and [`Locks::write_lock`]).
+    pub fn mode(mut self, mode: LockMode) -> Self {
+        self.options = self.options.mode(mode);
         self
     }
 

@@ -74,6 +74,7 @@ impl LockGuard {
             "lock_guard",
             backend = backend.backend(),
             key = %lease.key(),
+            mode = %lease.mode(),
             token = lease.token().get()
         );
         let shared = Arc::new(Shared {
@@ -96,6 +97,11 @@ impl LockGuard {
     /// protects.
     pub fn token(&self) -> FencingToken {
         self.shared.lease.token()
+    }
+
+    /// The mode the key is held in.
+    pub fn mode(&self) -> crate::LockMode {
+        self.shared.lease.mode()
     }
 
     /// The owner string stored with the grant.

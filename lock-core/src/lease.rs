@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{FencingToken, LockError, LockKey, LostReason};
+use crate::{FencingToken, LockError, LockKey, LockMode, LostReason};
 
 /// A one-shot signal that a held lock is lost, carrying the first reason given.
 ///
@@ -95,6 +95,7 @@ pub struct Lease {
     loss: LossSignal,
     released: AtomicBool,
     backend_data: Arc<dyn Any + Send + Sync>,
+    mode: LockMode,
 }
 
 impl Lease {
@@ -114,7 +115,17 @@ impl Lease {
         loss: LossSignal,
         backend_data: Arc<dyn Any + Send + Sync>,
     ) -> Self {
-        Self { key, token, owner, ttl, confirmed_at, loss, released: AtomicBool::new(false), backend_data }
+        Self {
+            key,
+            token,
+            owner,
+            ttl,
+            confirmed_at,
+            loss,
+            released: AtomicBool::new(false),
+            backend_data,
+            mode: LockMode::Exclusive,
+        }
     }
 
     /// The key.
@@ -135,6 +146,19 @@ impl Lease {
     /// The TTL the service applies to this grant.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Marks the grant as made in `mode` (a new lease is
+    /// [`LockMode::Exclusive`]).
+    #[must_use]
+    pub fn with_mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The mode the key is held in.
+    pub fn mode(&self) -> LockMode {
+        self.mode
     }
 
     /// When the grant was last confirmed alive by the service, see [`Lease::new`].
@@ -200,6 +224,7 @@ impl fmt::Debug for Lease {
             .field("key", &self.key)
             .field("token", &self.token)
             .field("owner", &self.owner)
+            .field("mode", &self.mode)
             .field("ttl", &self.ttl)
             .field("lost", &self.loss.reason())
             .field("released", &self.is_released())
@@ -217,12 +242,21 @@ pub struct LockInfo {
     pub token: FencingToken,
     /// When the holder was granted the lock, where the backend records it.
     pub held_since: Option<std::time::SystemTime>,
+    /// The mode the holder holds the key in.
+    pub mode: LockMode,
 }
 
 impl LockInfo {
     /// Holder information.
     pub fn new(owner: impl Into<String>, token: FencingToken) -> Self {
-        Self { owner: owner.into(), token, held_since: None }
+        Self { owner: owner.into(), token, held_since: None, mode: LockMode::Exclusive }
+    }
+
+    /// Marks the holder as holding the key in `mode`.
+    #[must_use]
+    pub fn with_mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Adds when the holder was granted the lock.

@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
-use crate::LockKey;
+use crate::{LockKey, LockMode};
 
-type KeyMutex = Arc<tokio::sync::Mutex<()>>;
+/// Per key: readers of this client share it, anything else holds it alone;
+/// tokio's lock is fair, so a waiting writer holds back later readers here
+/// as the services do.
+type KeyMutex = Arc<tokio::sync::RwLock<()>>;
 
 /// Per-key FIFO mutexes of one client; entries exist only while in use.
 #[derive(Debug, Default)]
@@ -22,8 +25,14 @@ pub(crate) struct LocalLocks {
 pub(crate) struct LocalPermit {
     // Field order matters: the guard drops before the entry checks whether
     // anyone else still uses it.
-    _guard: OwnedMutexGuard<()>,
+    _guard: Held,
     _entry: EntryRef,
+}
+
+#[derive(Debug)]
+enum Held {
+    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+    Alone(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
 }
 
 /// A counted reference to one table entry that removes the entry when it is
@@ -42,17 +51,29 @@ impl LocalLocks {
         EntryRef { table: Arc::clone(self), key: key.clone(), mutex }
     }
 
-    /// Waits for the key; FIFO among this client's tasks. Cancel safe.
-    pub(crate) async fn acquire(self: &Arc<Self>, key: &LockKey) -> LocalPermit {
+    /// Waits for the key in `mode` (readers share it, anything else holds it
+    /// alone); FIFO among this client's tasks. Cancel safe.
+    pub(crate) async fn acquire(self: &Arc<Self>, key: &LockKey, mode: LockMode) -> LocalPermit {
         let entry = self.entry(key);
-        let guard = Arc::clone(&entry.mutex).lock_owned().await;
+        let lock = Arc::clone(&entry.mutex);
+        let guard = if mode.is_shared() {
+            Held::Shared(lock.read_owned().await)
+        } else {
+            Held::Alone(lock.write_owned().await)
+        };
         LocalPermit { _guard: guard, _entry: entry }
     }
 
-    /// The key if no other task of this client has it or waits for it.
-    pub(crate) fn try_acquire(self: &Arc<Self>, key: &LockKey) -> Option<LocalPermit> {
+    /// The key in `mode` if this client's other tasks allow it now (a reader
+    /// does not pass a waiting writer).
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: &LockKey, mode: LockMode) -> Option<LocalPermit> {
         let entry = self.entry(key);
-        let guard = Arc::clone(&entry.mutex).try_lock_owned().ok()?;
+        let lock = Arc::clone(&entry.mutex);
+        let guard = if mode.is_shared() {
+            Held::Shared(lock.try_read_owned().ok()?)
+        } else {
+            Held::Alone(lock.try_write_owned().ok()?)
+        };
         Some(LocalPermit { _guard: guard, _entry: entry })
     }
 
@@ -83,11 +104,12 @@ mod tests {
     #[tokio::test]
     async fn second_task_waits_and_table_empties() {
         let locks = Arc::new(LocalLocks::default());
-        let first = locks.acquire(&key("k")).await;
-        assert!(locks.try_acquire(&key("k")).is_none());
-        assert!(locks.try_acquire(&key("other")).is_some());
+        let first = locks.acquire(&key("k"), LockMode::Exclusive).await;
+        assert!(locks.try_acquire(&key("k"), LockMode::Exclusive).is_none());
+        assert!(locks.try_acquire(&key("k"), LockMode::Read).is_none());
+        assert!(locks.try_acquire(&key("other"), LockMode::Exclusive).is_some());
         drop(first);
-        let again = locks.try_acquire(&key("k"));
+        let again = locks.try_acquire(&key("k"), LockMode::Write);
         assert!(again.is_some());
         drop(again);
         assert_eq!(locks.len(), 0);
@@ -96,10 +118,30 @@ mod tests {
     #[tokio::test]
     async fn cancelled_wait_leaves_no_entry() {
         let locks = Arc::new(LocalLocks::default());
-        let held = locks.acquire(&key("k")).await;
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(10), locks.acquire(&key("k"))).await;
+        let held = locks.acquire(&key("k"), LockMode::Exclusive).await;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(10), locks.acquire(&key("k"), LockMode::Read)).await;
         assert!(waited.is_err());
         drop(held);
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn readers_share_and_a_waiting_writer_holds_back_later_readers() {
+        let locks = Arc::new(LocalLocks::default());
+        let first = locks.acquire(&key("k"), LockMode::Read).await;
+        let second = locks.try_acquire(&key("k"), LockMode::Read);
+        assert!(second.is_some(), "two readers of one client share the key");
+        assert!(locks.try_acquire(&key("k"), LockMode::Write).is_none());
+        let writer = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { locks.acquire(&key("k"), LockMode::Write).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(locks.try_acquire(&key("k"), LockMode::Read).is_none(), "a reader after a waiting writer waits");
+        drop((first, second));
+        let writer = writer.await.unwrap_or_else(|e| panic!("{e}"));
+        drop(writer);
         assert_eq!(locks.len(), 0);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Capabilities, LockError};
+use crate::{Capabilities, LockError, LockMode};
 
 /// The longest owner string accepted, in bytes.
 pub const MAX_OWNER_BYTES: usize = 256;
@@ -26,6 +26,7 @@ pub struct LockOptions {
     owner: String,
     auto_renew: bool,
     safety_margin: Option<Duration>,
+    mode: LockMode,
 }
 
 impl Default for LockOptions {
@@ -39,7 +40,13 @@ impl LockOptions {
     /// (see [`default_owner`]), auto-renew on, a safety margin of a fifth of
     /// the TTL.
     pub fn new() -> Self {
-        Self { ttl: None, owner: default_owner().to_owned(), auto_renew: true, safety_margin: None }
+        Self {
+            ttl: None,
+            owner: default_owner().to_owned(),
+            auto_renew: true,
+            safety_margin: None,
+            mode: LockMode::Exclusive,
+        }
     }
 
     /// How long the lock survives a holder that stops renewing.
@@ -71,6 +78,18 @@ impl LockOptions {
     pub fn safety_margin(mut self, margin: Duration) -> Self {
         self.safety_margin = Some(margin);
         self
+    }
+
+    /// How the key is held: [`LockMode::Exclusive`] (the mutex, the
+    /// default), or a side of a reader/writer lock.
+    pub fn mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The mode asked for.
+    pub fn mode_value(&self) -> LockMode {
+        self.mode
     }
 
     /// The TTL asked for, if any.
@@ -107,6 +126,14 @@ impl LockOptions {
     /// character.
     pub fn validate(&self, backend: &'static str, capabilities: &Capabilities) -> Result<(), LockError> {
         let invalid = |message: String| Err(LockError::InvalidOptions { backend, message });
+        if !capabilities.grants(self.mode) {
+            let modes: Vec<&str> = capabilities.modes.iter().map(|mode| mode.name()).collect();
+            return invalid(format!(
+                "the {} mode is not available on this backend (it grants: {})",
+                self.mode,
+                modes.join(", ")
+            ));
+        }
         let ttl = self.effective_ttl(capabilities);
         if !capabilities.ttl_in_range(ttl) {
             return invalid(format!(
@@ -166,6 +193,17 @@ mod tests {
         assert!(LockOptions::new().owner("").validate("test", &caps()).is_err());
         assert!(LockOptions::new().owner("a\nb").validate("test", &caps()).is_err());
         assert!(LockOptions::new().owner("x".repeat(257)).validate("test", &caps()).is_err());
+    }
+
+    #[test]
+    fn a_mode_the_backend_does_not_grant_is_refused() {
+        let err = LockOptions::new().mode(LockMode::Read).validate("test", &caps());
+        assert!(
+            matches!(&err, Err(LockError::InvalidOptions { message, .. }) if message.contains("read mode")),
+            "{err:?}"
+        );
+        let rw = caps().with_modes(LockMode::ALL);
+        assert!(LockOptions::new().mode(LockMode::Read).validate("test", &rw).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod exclusion;
 mod expiry;
 mod faults;
 mod loss;
+mod reader_writer;
 mod support;
 mod waiting;
 
@@ -17,4 +18,5 @@ pub use exclusion::*;
 pub use expiry::*;
 pub use faults::*;
 pub use loss::*;
+pub use reader_writer::*;
 pub use waiting::*;

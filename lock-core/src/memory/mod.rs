@@ -12,7 +12,9 @@ use tokio::time::Instant;
 pub use store::MemoryStore;
 use store::{Contender, Enqueued, Grant};
 
-use crate::{Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal, LostReason};
+use crate::{
+    Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockMode, LockOptions, LossSignal, LostReason,
+};
 use link::Link;
 
 const BACKEND: &str = "memory";
@@ -125,6 +127,7 @@ impl MemoryLock {
             session: self.session(),
             owner: options.owner_value().to_owned(),
             ttl: options.effective_ttl(&self.capabilities()),
+            mode: options.mode_value(),
             loss: LossSignal::new(),
         }
     }
@@ -139,6 +142,7 @@ impl MemoryLock {
             contender.loss,
             Arc::new(MemoryLease { lease_id: contender.lease_id }),
         )
+        .with_mode(contender.mode)
     }
 
     fn lease_id(lease: &Lease) -> Result<u64, LockError> {
@@ -190,6 +194,7 @@ impl DistributedLock for MemoryLock {
         Capabilities::new(Duration::from_millis(10), Duration::from_secs(24 * 3600))
             .with_fifo(true)
             .with_shared_across_processes(false)
+            .with_modes(LockMode::ALL)
     }
 
     async fn acquire(
@@ -261,6 +266,11 @@ impl DistributedLock for MemoryLock {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
         self.send(Some(key)).await?;
-        Ok(self.store.inspect(key))
+        Ok(self.store.holders(key).into_iter().next())
+    }
+
+    async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
+        self.send(Some(key)).await?;
+        Ok(self.store.holders(key))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::{FencingToken, LockInfo, LockKey, LossSignal, LostReason};
+use crate::{FencingToken, LockInfo, LockKey, LockMode, LossSignal, LostReason};
 
 /// What a waiter receives: its grant, or why it will never get one.
 pub(super) type Delivery = Result<Grant, LostReason>;
@@ -26,6 +26,7 @@ pub(super) struct Contender {
     pub(super) session: u64,
     pub(super) owner: String,
     pub(super) ttl: Duration,
+    pub(super) mode: LockMode,
     pub(super) loss: LossSignal,
 }
 
@@ -56,7 +57,8 @@ struct State {
 
 #[derive(Debug, Default)]
 struct KeyState {
-    holder: Option<Holder>,
+    /// Several only while readers share the key.
+    holders: Vec<Holder>,
     waiters: VecDeque<(Contender, oneshot::Sender<Delivery>)>,
 }
 
@@ -86,12 +88,12 @@ impl MemoryStore {
         let mut state = self.lock();
         let now = Instant::now();
         let Some(entry) = state.keys.get_mut(key) else { return false };
-        let removed = entry.holder.take();
-        if let Some(holder) = &removed {
+        let removed = std::mem::take(&mut entry.holders);
+        for holder in &removed {
             holder.contender.loss.fire(LostReason::Revoked);
         }
         state.settle(key, now);
-        removed.is_some()
+        !removed.is_empty()
     }
 
     /// Ends `session` from outside: its holders lose their locks and its
@@ -103,7 +105,10 @@ impl MemoryStore {
         let keys: Vec<LockKey> = state.keys.keys().cloned().collect();
         for key in keys {
             if let Some(entry) = state.keys.get_mut(&key) {
-                if let Some(holder) = entry.holder.take_if(|h| h.contender.session == session) {
+                let (ended, kept): (Vec<_>, Vec<_>) =
+                    entry.holders.drain(..).partition(|h| h.contender.session == session);
+                entry.holders = kept;
+                for holder in ended {
                     holder.contender.loss.fire(LostReason::SessionEnded);
                 }
                 let (ended, kept): (VecDeque<_>, VecDeque<_>) =
@@ -124,10 +129,7 @@ impl MemoryStore {
         let now = Instant::now();
         let keys: Vec<LockKey> = state.keys.keys().filter(|key| key.as_str().starts_with(prefix)).cloned().collect();
         keys.iter().for_each(|key| state.settle(key, now));
-        keys.iter()
-            .filter_map(|key| state.keys.get(key))
-            .map(|entry| usize::from(entry.holder.is_some()) + entry.waiters.len())
-            .sum()
+        keys.iter().filter_map(|key| state.keys.get(key)).map(|entry| entry.holders.len() + entry.waiters.len()).sum()
     }
 
     /// How many sessions the store keeps a record of: the live ones only,
@@ -170,7 +172,7 @@ impl MemoryStore {
         let mut state = self.lock();
         let now = Instant::now();
         state.settle(key, now);
-        let free = state.keys.get(key).is_none_or(|entry| entry.holder.is_none() && entry.waiters.is_empty());
+        let free = state.keys.get(key).is_none_or(|entry| entry.waiters.is_empty() && entry.admits(contender.mode));
         free.then(|| state.grant(key, contender, now))
     }
 
@@ -180,7 +182,7 @@ impl MemoryStore {
         let now = Instant::now();
         state.settle(key, now);
         let entry = state.keys.entry(key.clone()).or_default();
-        if entry.holder.is_none() && entry.waiters.is_empty() {
+        if entry.waiters.is_empty() && entry.admits(contender.mode) {
             return Enqueued::Granted(state.grant(key, contender, now));
         }
         let (sender, receiver) = oneshot::channel();
@@ -192,7 +194,7 @@ impl MemoryStore {
     pub(super) fn holder_expiry(&self, key: &LockKey) -> Option<Instant> {
         let mut state = self.lock();
         state.settle(key, Instant::now());
-        state.keys.get(key)?.holder.as_ref().map(|holder| holder.expires_at)
+        state.keys.get(key)?.holders.iter().map(|holder| holder.expires_at).min()
     }
 
     /// Expires what is due on `key` and hands it to the next waiter.
@@ -206,9 +208,7 @@ impl MemoryStore {
         let mut state = self.lock();
         let Some(entry) = state.keys.get_mut(key) else { return };
         entry.waiters.retain(|(contender, _)| contender.lease_id != lease_id);
-        if entry.held_by(lease_id) {
-            entry.holder = None;
-        }
+        entry.holders.retain(|holder| holder.contender.lease_id != lease_id);
         state.settle(key, Instant::now());
     }
 
@@ -217,13 +217,16 @@ impl MemoryStore {
         let mut state = self.lock();
         let now = Instant::now();
         state.settle(key, now);
-        let holder = state.keys.get_mut(key).and_then(|entry| entry.holder.as_mut());
+        let holder = state
+            .keys
+            .get_mut(key)
+            .and_then(|entry| entry.holders.iter_mut().find(|holder| holder.contender.lease_id == lease_id));
         match holder {
-            Some(holder) if holder.contender.lease_id == lease_id => {
+            Some(holder) => {
                 holder.expires_at = now + holder.contender.ttl;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -236,22 +239,38 @@ impl MemoryStore {
         if !entry.held_by(lease_id) {
             return false;
         }
-        entry.holder = None;
+        entry.holders.retain(|holder| holder.contender.lease_id != lease_id);
         state.settle(key, now);
         true
     }
 
-    pub(super) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
+    /// Every holder of `key`, in token order.
+    pub(super) fn holders(&self, key: &LockKey) -> Vec<LockInfo> {
         let mut state = self.lock();
         state.settle(key, Instant::now());
-        let holder = state.keys.get(key)?.holder.as_ref()?;
-        Some(LockInfo::new(holder.contender.owner.clone(), holder.token).with_held_since(holder.since))
+        let Some(entry) = state.keys.get(key) else { return Vec::new() };
+        let mut holders: Vec<LockInfo> = entry
+            .holders
+            .iter()
+            .map(|holder| {
+                LockInfo::new(holder.contender.owner.clone(), holder.token)
+                    .with_held_since(holder.since)
+                    .with_mode(holder.contender.mode)
+            })
+            .collect();
+        holders.sort_by_key(|info| info.token);
+        holders
     }
 }
 
 impl KeyState {
     fn held_by(&self, lease_id: u64) -> bool {
-        self.holder.as_ref().is_some_and(|holder| holder.contender.lease_id == lease_id)
+        self.holders.iter().any(|holder| holder.contender.lease_id == lease_id)
+    }
+
+    /// Whether a contender in `mode` may hold the key beside its holders.
+    fn admits(&self, mode: LockMode) -> bool {
+        self.holders.iter().all(|holder| holder.contender.mode.shares_with(mode))
     }
 }
 
@@ -261,7 +280,7 @@ impl State {
         let token = FencingToken::new(self.last_token);
         let expires_at = now + contender.ttl;
         let entry = self.keys.entry(key.clone()).or_default();
-        entry.holder = Some(Holder { contender, token, expires_at, since: std::time::SystemTime::now() });
+        entry.holders.push(Holder { contender, token, expires_at, since: std::time::SystemTime::now() });
         Grant { token, granted_at: now }
     }
 
@@ -269,10 +288,19 @@ impl State {
     /// skipping those that are gone; drops the entry once unused.
     fn settle(&mut self, key: &LockKey, now: Instant) {
         let Some(entry) = self.keys.get_mut(key) else { return };
-        if let Some(holder) = entry.holder.take_if(|holder| holder.expires_at <= now) {
+        let (expired, live): (Vec<_>, Vec<_>) = entry.holders.drain(..).partition(|holder| holder.expires_at <= now);
+        entry.holders = live;
+        for holder in expired {
             holder.contender.loss.fire(LostReason::Revoked);
         }
-        while self.keys.get(key).is_some_and(|entry| entry.holder.is_none()) {
+        // First come, first served: the front waiter is granted once the
+        // holders admit it, and nobody behind it passes it.
+        while self
+            .keys
+            .get(key)
+            .and_then(|entry| entry.waiters.front().map(|(next, _)| entry.admits(next.mode)))
+            .unwrap_or(false)
+        {
             let Some((contender, delivery)) = self.keys.get_mut(key).and_then(|entry| entry.waiters.pop_front()) else {
                 break;
             };
@@ -284,12 +312,12 @@ impl State {
             let grant = self.grant(key, contender, now);
             if delivery.send(Ok(grant)).is_err() {
                 // The waiter is gone: take the grant back and try the next one.
-                if let Some(entry) = self.keys.get_mut(key).filter(|entry| entry.held_by(lease_id)) {
-                    entry.holder = None;
+                if let Some(entry) = self.keys.get_mut(key) {
+                    entry.holders.retain(|holder| holder.contender.lease_id != lease_id);
                 }
             }
         }
-        if self.keys.get(key).is_some_and(|entry| entry.holder.is_none() && entry.waiters.is_empty()) {
+        if self.keys.get(key).is_some_and(|entry| entry.holders.is_empty() && entry.waiters.is_empty()) {
             self.keys.remove(key);
         }
     }
