@@ -4,3 +4,4 @@ conformance_tests::conformance_suite!(
     file,
     conformance_tests::file::FileHarness::new().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
 );
+conformance_tests::reader_writer_suite!(file_rw, conformance_tests::file::FileHarness::new());

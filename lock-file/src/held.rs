@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use lock_core::{LossSignal, LostReason};
 
 use crate::monitor::Watched;
+use crate::readers::ReaderRecord;
 
 /// The client's open lock files; ending it closes them all, as the death of
 /// the process would.
@@ -44,16 +45,26 @@ pub(crate) struct Held {
 #[derive(Debug)]
 pub(crate) enum Slot {
     /// Open and locked.
-    Open(File),
+    Open(OpenLock),
     /// Given up by a release (which may still be closing it).
     Released,
     /// Closed because the session ended.
     Closed,
 }
 
+/// What a held lock keeps open: the locked file, and a reader's own record.
+/// Neither is read: they are held for their locks, and dropping them
+/// (the file first, then the record) gives the lock up.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub(crate) struct OpenLock {
+    pub(crate) file: File,
+    pub(crate) reader: Option<ReaderRecord>,
+}
+
 impl Held {
     /// A lock on the open `file`, in `session`, which closes it if it ends.
-    pub(crate) fn register(file: File, watched: Arc<Watched>, session: Arc<Session>) -> Arc<Self> {
+    pub(crate) fn register(file: OpenLock, watched: Arc<Watched>, session: Arc<Session>) -> Arc<Self> {
         let held = Arc::new(Self { slot: Mutex::new(Slot::Open(file)), watched, session: Arc::clone(&session) });
         let mut all = lock(&session.held);
         // Forget released locks now and then, so a long-lived client's list

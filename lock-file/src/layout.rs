@@ -19,6 +19,28 @@ pub(crate) fn lock_path(dir: &Path, key: &LockKey) -> PathBuf {
     dir.join(format!("{}.lock", file_stem(key)))
 }
 
+/// The key's gate: held by each acquisition while it waits for the lock
+/// file, by readers only to get past it, so a waiting writer holds back
+/// readers that come after it (see `gate.rs`).
+pub(crate) fn gate_path(dir: &Path, key: &LockKey) -> PathBuf {
+    dir.join(format!("{}.gate", file_stem(key)))
+}
+
+/// The record of one reader of the key, locked by it while it reads: the
+/// lock file itself records only the latest exclusive grant, and readers
+/// hold it at once.
+pub(crate) fn reader_path(dir: &Path, key: &LockKey, token: u64) -> PathBuf {
+    dir.join(format!("{}{token}{READER_SUFFIX}", reader_prefix(key)))
+}
+
+/// What every reader record of the key starts with (stems never hold a dot).
+pub(crate) fn reader_prefix(key: &LockKey) -> String {
+    format!("{}.", file_stem(key))
+}
+
+/// What every reader record's name ends with.
+pub(crate) const READER_SUFFIX: &str = ".reader";
+
 fn file_stem(key: &LockKey) -> String {
     let mut name = String::with_capacity(key.as_str().len());
     for byte in key.as_str().bytes() {

@@ -6,6 +6,18 @@
 //! `[A-Za-z0-9_-]` as `%XX`; names too long for the file system become
 //! `sha256-{hex}.lock`), so distinct keys never share a file.
 //!
+//! # Reader/writer locks
+//!
+//! [`LockMode::Read`](lock_core::LockMode::Read) takes the key's lock file
+//! with a shared `flock` (as `flock -s`), [`LockMode::Write`](lock_core::LockMode::Write)
+//! and the mutex with an exclusive one, so readers share a key with each
+//! other only, and a mutex holder and a writer of one key exclude each other.
+//! Each reader records itself in `{name}.{token}.reader` beside the lock
+//! file, locked while it reads (the lock file keeps the latest exclusive
+//! grant), which is how `holders` lists readers. `flock` has no writer
+//! preference; the key's gate file `{name}.gate` adds it: a writer waiting
+//! for the lock file marks the gate, and readers wait while it is marked.
+//!
 //! # Loss
 //!
 //! A lock is held while its holder keeps the lock file open and locked, and
@@ -51,11 +63,13 @@
 //! ```
 
 mod counter;
+mod gate;
 mod held;
 mod identity;
 mod layout;
 mod lock;
 mod monitor;
+mod readers;
 mod record;
 mod take;
 

@@ -8,15 +8,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use inotify::EventStream;
-use lock_core::{Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockOptions, LostReason};
+use lock_core::{
+    Capabilities, DistributedLock, Lease, LockError, LockInfo, LockKey, LockMode, LockOptions, LostReason,
+};
 use tokio::time::{Instant, sleep};
 use tracing::debug;
 
 use crate::counter::TokenCounter;
-use crate::held::{Held, Session, Slot, lock};
-use crate::layout::lock_path;
+use crate::held::{Held, OpenLock, Session, Slot, lock};
+use crate::layout::{gate_path, lock_path};
 use crate::monitor::{BACKSTOP, Monitor, Watched};
-use crate::take::{Attempt, BACKEND, Grant, Target, inspect, unavailable};
+use crate::take::{Attempt, BACKEND, Grant, Target, holders, unavailable, watch_frees};
 
 /// Locks on one machine with no server: one file per key in a directory,
 /// locked with the OS's advisory file lock (`flock`).
@@ -104,6 +106,8 @@ impl FileLock {
             key: key.clone(),
             path: lock_path(&self.dir, key),
             owner: options.owner_value().to_owned(),
+            mode: options.mode_value(),
+            dir: self.dir.clone(),
             tokens: self.tokens.clone(),
         })
     }
@@ -126,14 +130,15 @@ impl FileLock {
         grant: Grant,
         confirmed_at: Instant,
     ) -> Lease {
-        let Grant { file, id, record } = grant;
+        let Grant { file, id, record, reader } = grant;
         let watched = Arc::new(Watched::new(target.key.clone(), target.path.clone(), id));
         let loss = watched.loss().clone();
-        let held = Held::register(file, Arc::clone(&watched), session);
+        let held = Held::register(OpenLock { file, reader }, Arc::clone(&watched), session);
         self.monitor.watch(&watched);
         let ttl = options.effective_ttl(&self.capabilities());
-        debug!(backend = BACKEND, key = %target.key, token = record.token, "granted");
+        debug!(backend = BACKEND, key = %target.key, token = record.token, mode = %target.mode, "granted");
         Lease::new(target.key.clone(), record.fencing_token(), record.owner, ttl, confirmed_at, loss, held)
+            .with_mode(target.mode)
     }
 
     fn held(lease: &Lease) -> Result<&Held, LockError> {
@@ -163,7 +168,9 @@ impl DistributedLock for FileLock {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Duration::from_millis(1), Duration::from_secs(365 * 24 * 3600)).with_expires(false)
+        Capabilities::new(Duration::from_millis(1), Duration::from_secs(365 * 24 * 3600))
+            .with_expires(false)
+            .with_modes(LockMode::ALL)
     }
 
     async fn acquire(
@@ -175,6 +182,10 @@ impl DistributedLock for FileLock {
         let started = Instant::now();
         let session = self.session();
         let target = self.target(key, options);
+        let wait = Wait { session: &session, deadline, started };
+        let gate = gate_path(&self.dir, key);
+        // A writer's mark at the gate while it waits (see `gate.rs`).
+        let mut holding_back_readers = None;
         let mut replaced = Replacements::default();
         loop {
             replaced.next(&target)?;
@@ -183,9 +194,13 @@ impl DistributedLock for FileLock {
             let (mut file, frees) = blocking(key, move || Ok((opened.open()?, opened.watch_frees()))).await?;
             let mut frees = frees.and_then(|frees| frees.into_event_stream(vec![0; 1024]).ok());
             loop {
+                if target.mode.is_shared() {
+                    wait.until_no_writer_waits(&gate, key).await?;
+                }
                 let confirmed_at = Instant::now();
                 match Self::attempt(&target, file).await? {
                     Attempt::Granted(grant) => {
+                        drop(holding_back_readers);
                         return Ok(self.lease(Arc::clone(&session), &target, options, grant, confirmed_at));
                     }
                     Attempt::Replaced => break,
@@ -193,6 +208,11 @@ impl DistributedLock for FileLock {
                         // Waiting on a file that stays put is no spin.
                         replaced = Replacements::default();
                         file = busy;
+                        if !target.mode.is_shared() && holding_back_readers.is_none() {
+                            let (owned, path) = (key.clone(), gate.clone());
+                            holding_back_readers =
+                                blocking(key, move || crate::gate::hold_back_readers(&owned, &path)).await?;
+                        }
                     }
                 }
                 tokio::select! {
@@ -217,7 +237,15 @@ impl DistributedLock for FileLock {
             replaced.next(&target)?;
             let confirmed_at = Instant::now();
             let attempt = Arc::clone(&target);
-            match blocking(key, move || attempt.attempt(attempt.open()?)).await? {
+            let gate = gate_path(&self.dir, key);
+            let tried = blocking(key, move || {
+                // A reader does not pass a writer waiting at the gate.
+                if attempt.mode.is_shared() && !crate::gate::no_writer_waits(&attempt.key, &gate)? {
+                    return Ok(Attempt::Busy(attempt.open()?));
+                }
+                attempt.attempt(attempt.open()?)
+            });
+            match tried.await? {
                 Attempt::Granted(grant) => {
                     return Ok(Some(self.lease(Arc::clone(&session), &target, options, grant, confirmed_at)));
                 }
@@ -254,7 +282,7 @@ impl DistributedLock for FileLock {
         let file = {
             let mut slot = held.slot();
             match std::mem::replace(&mut *slot, Slot::Released) {
-                Slot::Open(file) => file,
+                Slot::Open(open) => open,
                 Slot::Closed => {
                     *slot = Slot::Closed;
                     return Err(LockError::lost(BACKEND, lease.key(), LostReason::SessionEnded));
@@ -288,8 +316,44 @@ impl DistributedLock for FileLock {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
-        let (owned, path) = (key.clone(), lock_path(&self.dir, key));
-        blocking(key, move || inspect(&owned, &path)).await
+        Ok(self.holders(key).await?.into_iter().next())
+    }
+
+    async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
+        let (owned, dir, path) = (key.clone(), self.dir.clone(), lock_path(&self.dir, key));
+        blocking(key, move || holders(&dir, &owned, &path)).await
+    }
+}
+
+/// What ends a wait: the session, the deadline.
+struct Wait<'a> {
+    session: &'a Session,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+impl Wait<'_> {
+    /// Waits until no writer waits at the key's gate `path` (see `gate.rs`).
+    async fn until_no_writer_waits(&self, path: &Path, key: &LockKey) -> Result<(), LockError> {
+        let (owned, watched) = (key.clone(), path.to_path_buf());
+        let frees = blocking(key, move || Ok(watch_frees(&owned, &watched))).await?;
+        let mut frees = frees.and_then(|frees| frees.into_event_stream(vec![0; 1024]).ok());
+        loop {
+            let (owned, path) = (key.clone(), path.to_path_buf());
+            if blocking(key, move || crate::gate::no_writer_waits(&owned, &path)).await? {
+                return Ok(());
+            }
+            tokio::select! {
+                () = freed(&mut frees) => {}
+                () = sleep(BACKSTOP) => {}
+                _ = self.session.ended.fired() => {
+                    return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
+                }
+                () = lock_core::deadline_passed(self.deadline) => {
+                    return Err(LockError::timeout(BACKEND, key, self.started));
+                }
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use lock_core::FencingToken;
+use lock_core::{FencingToken, LockMode};
 
 /// The parsed contents of a lock file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub(crate) struct Record {
     pub(crate) owner: String,
     pub(crate) key: String,
     pub(crate) since: u64,
+    /// `write` for the write side of a reader/writer lock; absent (the
+    /// records of earlier versions) for the mutex.
+    pub(crate) mode: LockMode,
 }
 
 impl Record {
@@ -33,7 +36,12 @@ impl Record {
         let owner = lines.next().unwrap_or_default().to_owned();
         let key = lines.next().unwrap_or_default().to_owned();
         let since = lines.next().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        Ok(Self { token, owner, key, since })
+        let mode = match lines.next().map(str::trim) {
+            Some("write") => LockMode::Write,
+            Some("read") => LockMode::Read,
+            _ => LockMode::Exclusive,
+        };
+        Ok(Self { token, owner, key, since, mode })
     }
 
     /// Writes this record over the file's contents.
@@ -42,7 +50,8 @@ impl Record {
     /// record. Not flushed to disk: the token was made durable by the counter
     /// before this is written, and the rest only informs `inspect`.
     pub(crate) fn write(&self, file: &File) -> std::io::Result<()> {
-        let text = format!("{}\n{}\n{}\n{}\n", self.token, self.owner, self.key, self.since);
+        let mode = if self.mode == LockMode::Exclusive { "" } else { self.mode.name() };
+        let text = format!("{}\n{}\n{}\n{}\n{mode}\n", self.token, self.owner, self.key, self.since);
         file.write_all_at(text.as_bytes(), 0)?;
         file.set_len(text.len() as u64)
     }
@@ -76,8 +85,14 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap_or_else(|e| panic!("{e}"));
-        let long = Record { token: 123456, owner: "a long owner name".into(), key: "k".into(), since: 99 };
-        let short = Record { token: 7, owner: "b".into(), key: "k".into(), since: 1 };
+        let long = Record {
+            token: 123456,
+            owner: "a long owner name".into(),
+            key: "k".into(),
+            since: 99,
+            mode: LockMode::Exclusive,
+        };
+        let short = Record { token: 7, owner: "b".into(), key: "k".into(), since: 1, mode: LockMode::Write };
         long.write(&file).unwrap_or_else(|e| panic!("{e}"));
         short.write(&file).unwrap_or_else(|e| panic!("{e}"));
         let read = Record::read(&file).unwrap_or_else(|e| panic!("{e}"));

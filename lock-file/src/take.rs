@@ -6,11 +6,12 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 use inotify::{Inotify, WatchMask};
-use lock_core::{LockError, LockInfo, LockKey};
+use lock_core::{LockError, LockInfo, LockKey, LockMode};
 use tracing::warn;
 
 use crate::counter::TokenCounter;
 use crate::identity::{FileId, same_file};
+use crate::readers::{ReaderRecord, live_readers};
 use crate::record::Record;
 
 pub(crate) const BACKEND: &str = "file";
@@ -30,6 +31,8 @@ pub(crate) struct Grant {
     pub(crate) file: File,
     pub(crate) id: FileId,
     pub(crate) record: Record,
+    /// A reader's own record, removed when it is dropped.
+    pub(crate) reader: Option<ReaderRecord>,
 }
 
 /// One request's view of a key's lock file.
@@ -37,6 +40,8 @@ pub(crate) struct Target {
     pub(crate) key: LockKey,
     pub(crate) path: PathBuf,
     pub(crate) owner: String,
+    pub(crate) mode: LockMode,
+    pub(crate) dir: PathBuf,
     pub(crate) tokens: TokenCounter,
 }
 
@@ -58,24 +63,15 @@ impl Target {
     /// open). `None` when it cannot be watched (a user has 128 inotify
     /// instances by default): the waiter then tries once a second.
     pub(crate) fn watch_frees(&self) -> Option<Inotify> {
-        let watch = || {
-            let inotify = Inotify::init()?;
-            let mask = WatchMask::CLOSE | WatchMask::ATTRIB | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF;
-            inotify.watches().add(&self.path, mask)?;
-            Ok::<_, std::io::Error>(inotify)
-        };
-        watch()
-            .inspect_err(|error| {
-                warn!(backend = BACKEND, key = %self.key, path = %self.path.display(), %error, "cannot watch the lock file; trying it once a second");
-            })
-            .ok()
+        watch_frees(&self.key, &self.path)
     }
 
     /// Tries the lock on `file` once and, if taken and still the file at the
     /// path (an unlinked file would be a lock nobody else can see), records a
     /// grant in it with a freshly issued token.
     pub(crate) fn attempt(&self, file: File) -> Result<Attempt, LockError> {
-        match file.try_lock() {
+        let locked = if self.mode.is_shared() { file.try_lock_shared() } else { file.try_lock() };
+        match locked {
             Ok(()) if same_file(&file, &self.path) => self.grant(file).map(Attempt::Granted),
             // Dropping the file unlocks it.
             Ok(()) => Ok(Attempt::Replaced),
@@ -98,32 +94,63 @@ impl Target {
             return Err(failed(format!("{}: lock file belongs to key {:?}", self.path.display(), previous.key)));
         }
         let token = self.tokens.issue(previous.token).map_err(|e| failed(e.to_string()))?;
-        let record =
-            Record { token, owner: self.owner.clone(), key: self.key.as_str().to_owned(), since: Record::now() };
+        let record = Record {
+            token,
+            owner: self.owner.clone(),
+            key: self.key.as_str().to_owned(),
+            since: Record::now(),
+            mode: self.mode,
+        };
+        if self.mode.is_shared() {
+            // Readers hold the file at once: each records itself beside it,
+            // and the file keeps the latest exclusive grant's record.
+            let reader = ReaderRecord::create(&self.dir, &self.key, &record).map_err(on_file)?;
+            return Ok(Grant { file, id, record, reader: Some(reader) });
+        }
         record.write(&file).map_err(on_file)?;
-        Ok(Grant { file, id, record })
+        Ok(Grant { file, id, record, reader: None })
     }
 }
 
 /// The holder of the lock file at `path`, if it is held.
-pub(crate) fn inspect(key: &LockKey, path: &Path) -> Result<Option<LockInfo>, LockError> {
+/// Every holder of `key` (the lock file at `path` in `dir`): its exclusive
+/// holder, or its readers, in token order.
+pub(crate) fn holders(dir: &Path, key: &LockKey, path: &Path) -> Result<Vec<LockInfo>, LockError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(unavailable(Some(key), path, e)),
     };
     match file.try_lock_shared() {
-        Ok(()) => Ok(None),
+        // Nobody holds it alone: readers may share it.
+        Ok(()) => live_readers(dir, key).map_err(|e| unavailable(Some(key), dir, e)),
         Err(TryLockError::WouldBlock) => {
             let record = Record::read(&file).map_err(|e| unavailable(Some(key), path, e))?;
-            let info = LockInfo::new(record.owner.clone(), record.fencing_token());
-            Ok(Some(match record.held_since() {
+            let info = LockInfo::new(record.owner.clone(), record.fencing_token()).with_mode(record.mode);
+            Ok(vec![match record.held_since() {
                 Some(since) => info.with_held_since(since),
                 None => info,
-            }))
+            }])
         }
         Err(TryLockError::Error(e)) => Err(unavailable(Some(key), path, e)),
     }
+}
+
+/// An inotify watch that wakes a waiter when the file at `path` may have
+/// been unlocked (closed, removed or replaced); `None` (polling once a
+/// second instead) when inotify cannot watch it.
+pub(crate) fn watch_frees(key: &LockKey, path: &Path) -> Option<Inotify> {
+    let watch = || {
+        let inotify = Inotify::init()?;
+        let mask = WatchMask::CLOSE | WatchMask::ATTRIB | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF;
+        inotify.watches().add(path, mask)?;
+        Ok::<_, std::io::Error>(inotify)
+    };
+    watch()
+        .inspect_err(|error| {
+            warn!(backend = BACKEND, key = %key, path = %path.display(), %error, "cannot watch the file; trying it once a second");
+        })
+        .ok()
 }
 
 pub(crate) fn unavailable(key: Option<&LockKey>, path: &Path, error: std::io::Error) -> LockError {
