@@ -9,6 +9,7 @@
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod readers;
 mod scenarios;
 mod stats;
 mod target;
@@ -78,6 +79,8 @@ async fn main() -> ExitCode {
             scenarios::contention(&target, &options, 16).await,
             scenarios::spread(&target, &options).await,
             scenarios::scale(&target, &options).await,
+            readers::read_latency(&target, &options).await,
+            readers::shared_readers(&target, &options).await,
         ];
         for run in runs {
             match run {

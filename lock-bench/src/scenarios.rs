@@ -15,13 +15,13 @@ use crate::target::Target;
 type Outcome = Result<Vec<Row>, String>;
 
 /// A key prefix no other scenario or run uses.
-fn namespace() -> String {
+pub fn namespace() -> String {
     static SCENARIO: AtomicU64 = AtomicU64::new(0);
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("bench/{}-{}-{}/", std::process::id(), since_epoch.as_nanos(), SCENARIO.fetch_add(1, Ordering::Relaxed))
 }
 
-fn fail(e: impl std::fmt::Display) -> String {
+pub fn fail(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
