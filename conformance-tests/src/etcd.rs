@@ -196,6 +196,8 @@ impl Harness for EtcdHarness {
         admin.delete(holder.key(), None).await.unwrap_or_else(|e| panic!("cannot delete the holder: {e}"));
     }
 
+    /// Every key under the prefix counts: the mutex's `{name}/{lease}`, and
+    /// the readers' and writers' `{name}/read/...` and `{name}/write/...`.
     async fn leftover(&self, prefix: &str) -> usize {
         let mut admin = self.admin().await;
         let options = GetOptions::new().with_prefix().with_count_only();

@@ -28,8 +28,12 @@ use crate::{Capabilities, Lease, LockError, LockInfo, LockKey, LockOptions};
 /// * **Writer preference.** Where [`Capabilities::writer_preference`] holds, a
 ///   read acquisition that starts after a write or exclusive acquisition of
 ///   the key began waiting is granted only after that one.
-/// * **Fencing.** Each grant of a key carries a [`FencingToken`](crate::FencingToken)
-///   greater than every earlier grant's, across expiry and client restarts.
+/// * **Fencing.** Each exclusive or write grant of a key carries a
+///   [`FencingToken`](crate::FencingToken) greater than every earlier grant's
+///   of the key, and each read grant one greater than every earlier exclusive
+///   or write grant's, across expiry and client restarts. (Readers that
+///   become free together may be granted in any order: their tokens are
+///   never compared with each other.)
 /// * **Expiry.** When a holder's client falls silent (its process paused,
 ///   killed or cut off from the service), the service frees its leases within
 ///   [`Capabilities::expiry_slack`] after the TTL, counted from the last

@@ -26,13 +26,14 @@ use std::fmt;
 ///
 /// # Fencing
 ///
-/// Every grant of a key gets a token greater than every earlier grant's of
-/// that key, whatever the modes, so:
+/// Tokens of a key follow its writes:
 ///
-/// * a write (or mutex) grant's token is greater than every earlier reader's
-///   and writer's;
-/// * a read grant's token is greater than every earlier writer's.
+/// * a write (or mutex) grant's token is greater than every earlier grant's
+///   of the key, readers' and writers';
+/// * a read grant's token is greater than every earlier write grant's.
 ///
+/// Readers that become free together (a writer leaves) may be granted in any
+/// order, so one reader's token may be below an earlier reader's.
 /// A resource that accepts a write only with a token at least as high as the
 /// highest it has seen, and a read only with a token above the last write
 /// token it accepted, refuses every paused holder's late operation. Readers

@@ -6,10 +6,11 @@
 //! the client: a key left behind would hold or block the lock for every other
 //! client until the process exits. So a clean-up is retried until etcd
 //! answers it or the lease is gone (and the key with it), never given up
-//! while the lease lives. The key's name is the same for every attempt of one
-//! lease, so a new attempt on the key waits until the clean-up before it is
-//! done: a clean-up that compares only the lease could otherwise delete the
-//! client's next grant.
+//! while the lease lives. A clean-up that compares only the lease (the write's
+//! outcome is unknown) must never meet another attempt's key of the same
+//! name: a mutex key's name is the same for every attempt of one lease, so a
+//! new attempt on it waits until the clean-up before it is done; a reader's
+//! or writer's name is new for every attempt, so none ever meets another.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};

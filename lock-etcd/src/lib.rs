@@ -7,6 +7,13 @@
 //! `etcdctl lock` exclude each other on the same lock. See [`native_lock_name`]
 //! for how a distlock key maps to the native lock name.
 //!
+//! Reader/writer locks ([`LockMode::Read`](lock_core::LockMode::Read) and
+//! [`LockMode::Write`](lock_core::LockMode::Write)) live beside the mutex under
+//! the same name, with the prefixes of etcd's `recipes.RWMutex`
+//! (`{name}/read/...`, `{name}/write/...`): readers share the lock with each
+//! other only, writers and mutex holders (ours, Go's, `etcdctl lock`) exclude
+//! everyone, and a waiting writer holds back the readers that come after it.
+//!
 //! * **One lease per client**, granted on first use and kept alive by one
 //!   keep-alive stream for every lock of the client: holding 1,000 locks costs
 //!   one keep-alive every third of the TTL. When etcd reports the lease gone,
@@ -17,7 +24,8 @@
 //!   watches only the deletion of the contender just before it, so a release
 //!   wakes one waiter, not a herd. All watches share one watch stream.
 //! * **Fenced**: the token is the holder key's create revision, which etcd
-//!   increases on every write.
+//!   increases on every write; in every mode, a grant's token is above every
+//!   earlier grant's it does not share the lock with.
 //! * **Safe release**: release deletes our key only if it still has our create
 //!   revision, so a stale handle never frees someone else's grant; a deletion
 //!   of our key by anyone else is reported as loss at once.
@@ -46,10 +54,13 @@
 mod cleanup;
 mod client;
 mod config;
+mod contender;
 mod error;
 mod layout;
 mod lock;
 mod monitor;
+mod queue;
+mod reader_writer;
 mod watch;
 
 pub use config::{DEFAULT_ENDPOINT, ENDPOINTS_ENV, EtcdConfig, EtcdTls};

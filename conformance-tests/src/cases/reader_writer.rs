@@ -205,6 +205,9 @@ pub async fn readers_and_writers_contend(h: Arc<dyn Harness>) {
             Arc::clone(&last_any),
         );
         workers.spawn(async move {
+            // The whole client moves in: its control keeps its connection
+            // (a proxy) alive for as long as the task uses its locks.
+            let client = client;
             let writer = worker % 2 == 0;
             let opts = if writer { write(&*h, "writer") } else { read(&*h, "reader") };
             for _ in 0..ROUNDS {

@@ -1,0 +1,144 @@
+//! Waiting for one's turn in a lock's queue, in any mode: until no key that
+//! blocks ours and was created before it is left. Each wake-up is the
+//! deletion of the blocker just before ours, seen on the client's one watch
+//! stream, and is followed by a fresh read.
+
+use etcd_client::{GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp};
+use lock_core::{ClientSession, LockError, LockKey, LostReason};
+use tokio::time::Instant;
+
+use crate::contender::{Entered, first_kv, lost};
+use crate::watch::WatchEnd;
+use crate::{BACKEND, EtcdLock};
+
+/// A range of etcd keys, `start..end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyRange {
+    start: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// The keys from `start` up to, not including, `end`.
+    pub(crate) fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
+        Self { start: start.into(), end: end.into() }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub(crate) fn prefix(prefix: &str) -> Self {
+        Self::new(prefix, crate::layout::prefix_end(prefix.as_bytes()))
+    }
+
+    /// Whether `key` lies in the range.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.start.as_slice() <= key && key < self.end.as_slice()
+    }
+
+    /// A read of the range: its first key (by create revision, in `order`),
+    /// with no value, created no later than `max_create_revision` if given.
+    pub(crate) fn first(&self, order: SortOrder, max_create_revision: Option<i64>) -> TxnOp {
+        let mut options = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_sort(SortTarget::Create, order)
+            .with_limit(1)
+            .with_keys_only();
+        if let Some(revision) = max_create_revision {
+            options = options.with_max_create_revision(revision);
+        }
+        TxnOp::get(self.start.clone(), Some(options))
+    }
+}
+
+impl EtcdLock {
+    /// Waits until no key in `blockers` created before `revision` is left,
+    /// and confirms in the same read that our own key is still there.
+    pub(crate) async fn wait_for_turn(
+        &self,
+        key: &LockKey,
+        entered: &Entered,
+        blockers: &[KeyRange],
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<(), LockError> {
+        let (session, contender, revision) = (&entered.session, entered.contender.as_str(), entered.revision);
+        let mut own = self.hub.deletion(contender, revision + 1);
+        // Set when the own-key watch could not be served (its history was
+        // compacted): it is made again from the next read that finds our key.
+        let mut own_broken = false;
+        loop {
+            // One snapshot: the blocker just before us in each range, and our
+            // own key.
+            let mut reads: Vec<TxnOp> =
+                blockers.iter().map(|range| range.first(SortOrder::Descend, Some(revision - 1))).collect();
+            reads.push(TxnOp::get(contender, Some(GetOptions::new().with_keys_only())));
+            let mut kv = self.client.kv_client();
+            let snapshot = self.call(key, "find predecessor", kv.txn(Txn::new().and_then(reads))).await?;
+            let responses = snapshot.op_responses();
+            if first_kv(&responses, blockers.len()).map(KeyValue::create_revision) != Some(revision) {
+                // Our key is gone: deleted from outside, or our lease ended.
+                let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
+                return Err(lost(key, reason));
+            }
+            let before = (0..blockers.len())
+                .filter_map(|index| first_kv(&responses, index))
+                .max_by_key(|found| found.create_revision());
+            let Some(before) = before else { return Ok(()) };
+            // The predecessor's end is not our turn by itself: our own key
+            // may have gone meanwhile (our lease expired while we were cut
+            // off, an operator deleted it) and its deletion event may come
+            // after the predecessor's. So every wake-up reads again, and only
+            // a read that finds our key and nothing before it grants the
+            // lock, as etcd's own Mutex does. (The lock-torture campaign
+            // found a grant of a deleted key, with a token below later
+            // grants', when the shortcut trusted the predecessor's end.)
+            let seen_at = snapshot.header().map(|h| h.revision()).unwrap_or(revision);
+            if own_broken {
+                // Our key existed at `seen_at`: any later deletion is seen.
+                own = self.hub.deletion(contender, seen_at + 1);
+                own_broken = false;
+            }
+            let (before_revision, before) = (before.create_revision(), before.key().to_vec());
+            let mut turn = self.hub.deletion_from_now(before.clone());
+            tokio::select! {
+                // Our own key's end first, when both are known.
+                biased;
+                end = own.ended() => {
+                    if end == Some(WatchEnd::Deleted) {
+                        return Err(lost(key, LostReason::Revoked));
+                    }
+                    // Re-watching from our revision would be refused again
+                    // as compacted: the next read checks our key and
+                    // re-watches from there.
+                    own_broken = true;
+                }
+                _ = session.ended().fired() => return Err(lost(key, LostReason::SessionEnded)),
+                () = lock_core::deadline_passed(deadline) => {
+                    return Err(LockError::timeout(BACKEND, key, started));
+                }
+                () = async {
+                    // Created after writes we have not seen: the predecessor
+                    // may be gone already, its deletion before the watch. Its
+                    // key may even be back, written anew by the same lease
+                    // (behind us now), so compare the incarnation, not the name.
+                    if turn.created().await.is_some_and(|created| created > seen_at) {
+                        match self.create_revision(key, &before).await {
+                            Ok(Some(current)) if current == before_revision => {}
+                            _ => return,
+                        }
+                    }
+                    // Deleted, compacted or the hub stopping: read again.
+                    let _ = turn.ended().await;
+                } => {}
+            }
+        }
+    }
+
+    /// The create revision of `etcd_key` now, if it exists.
+    async fn create_revision(&self, key: &LockKey, etcd_key: &[u8]) -> Result<Option<i64>, LockError> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_keys_only();
+        let found = self.call(key, "check predecessor", kv.get(etcd_key, Some(options))).await?;
+        Ok(found.kvs().first().map(KeyValue::create_revision))
+    }
+}
