@@ -1,7 +1,7 @@
 //! The harness for the ZooKeeper backend, against a real ZooKeeper.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,7 +146,8 @@ impl ZkHarness {
         }
     }
 
-    /// The contender nodes of `key`, sorted by sequence.
+    /// The contender nodes of `key` (mutex, read and write nodes), sorted by
+    /// sequence.
     pub async fn contenders(&self, key: &LockKey) -> Vec<String> {
         let dir = lock_path(BASE, key);
         let mut children = self.admin().await.list_children(&dir).await.unwrap_or_default();
@@ -204,10 +205,11 @@ impl Harness for ZkHarness {
     async fn leftover(&self, prefix: &str) -> usize {
         let admin = self.admin().await;
         let escaped = escaped_prefix(prefix);
-        let dirs = admin.list_children(BASE).await.unwrap_or_default();
+        let dirs = children(&admin, BASE).await;
         let mut count = 0;
         for dir in dirs.iter().filter(|dir| dir.starts_with(&escaped)) {
-            count += admin.list_children(&format!("{BASE}/{dir}")).await.map(|c| c.len()).unwrap_or(0);
+            // Every child: mutex, read and write nodes alike.
+            count += children(&admin, &format!("{BASE}/{dir}")).await.len();
         }
         count
     }
@@ -223,4 +225,72 @@ impl Harness for ZkHarness {
         command.args(["zk", key.as_str(), &ttl.as_secs().to_string(), BASE]).env(lock_zk::HOSTS_ENV, &self.upstream);
         Some(command)
     }
+}
+
+/// The children of `path`, none when it does not exist. A listing that
+/// fails is retried rather than counted as empty, which could pass a
+/// leftover check that should fail.
+async fn children(admin: &Client, path: &str) -> Vec<String> {
+    let mut failures = 0;
+    loop {
+        match admin.list_children(path).await {
+            Ok(children) => return children,
+            Err(zookeeper_client::Error::NoNode) => return Vec::new(),
+            Err(error) if failures < 20 => {
+                tracing::debug!(path, %error, "listing failed; retrying");
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("cannot list {path}: {error}"),
+        }
+    }
+}
+
+/// Debian's Curator jars (`scripts/services install zk`).
+pub const CURATOR_CLASSPATH: &str =
+    "/usr/share/java/curator-recipes.jar:/usr/share/java/curator-framework.jar:/usr/share/java/curator-client.jar";
+
+/// Compiles the Curator programs in `tests/curator` with the machine's JDK
+/// against Debian's Curator jars, once per test binary, and returns the
+/// directory of their classes.
+///
+/// # Panics
+/// When they do not compile (no JDK, or no Curator jars).
+pub async fn curator_classes() -> PathBuf {
+    static CLASSES: OnceCell<PathBuf> = OnceCell::const_new();
+    CLASSES
+        .get_or_init(|| async {
+            let out = std::env::temp_dir().join(format!("distlock-curator-{}", std::process::id()));
+            let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/curator");
+            let programs = std::fs::read_dir(&sources)
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", sources.display()))
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "java"));
+            let status = tokio::process::Command::new("javac")
+                .args(["-cp", CURATOR_CLASSPATH, "-d"])
+                .arg(&out)
+                .args(programs)
+                .status()
+                .await;
+            assert!(
+                matches!(status, Ok(s) if s.success()),
+                "cannot compile the Curator programs ({status:?}): run `scripts/services install zk` for Curator's jars"
+            );
+            out
+        })
+        .await
+        .clone()
+}
+
+/// A command that runs the Curator program `class` (from `tests/curator`)
+/// with `args`, its log kept to warnings.
+pub async fn curator_command(class: &str, args: &[&str]) -> tokio::process::Command {
+    let classes = curator_classes().await;
+    let mut command = tokio::process::Command::new("java");
+    command
+        .arg("-cp")
+        .arg(format!("{}:{CURATOR_CLASSPATH}", classes.display()))
+        .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", class])
+        .args(args);
+    command
 }

@@ -1,8 +1,14 @@
 //! The conformance suite on the ZooKeeper backend, against a real ZooKeeper
-//! (`scripts/services start zk`; hosts from `DISTLOCK_ZK_HOSTS`).
+//! (`scripts/services start zk`; hosts from `DISTLOCK_ZK_HOSTS`): the mutex
+//! cases, and the reader/writer cases.
 #![cfg(feature = "zk")]
 
 conformance_tests::conformance_suite!(
     zk,
+    conformance_tests::zk::ZkHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);
+
+conformance_tests::reader_writer_suite!(
+    zk_rw,
     conformance_tests::zk::ZkHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
 );

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use conformance_tests::process::NativeCommand;
-use conformance_tests::zk::{BASE, ZkHarness};
+use conformance_tests::zk::{BASE, ZkHarness, curator_command};
 use conformance_tests::{Harness, Namespace, cases};
 use lock_core::{LockError, LockKey};
 use tokio::time::{Instant, sleep, timeout};
@@ -265,40 +265,10 @@ async fn an_authenticated_client_refuses_a_lock_directory_anyone_may_write() {
     assert!(guard.release().await.is_ok());
 }
 
-/// Compiles the Curator program with the machine's JDK against Debian's
-/// Curator jars (`scripts/services install zk`), once per test binary.
-async fn curator_program() -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("distlock-curator-{}", std::process::id()));
-    if out.join("CuratorLock.class").exists() {
-        return out;
-    }
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/curator/CuratorLock.java");
-    let status = tokio::process::Command::new("javac")
-        .args(["-cp", CURATOR_CLASSPATH, "-d"])
-        .arg(&out)
-        .arg(&source)
-        .status()
-        .await;
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "cannot compile the Curator program ({status:?}): run `scripts/services install zk` for Curator's jars"
-    );
-    out
-}
-
-const CURATOR_CLASSPATH: &str =
-    "/usr/share/java/curator-recipes.jar:/usr/share/java/curator-framework.jar:/usr/share/java/curator-client.jar";
-
 /// Runs CuratorLock on `path`, holding for `hold`.
 async fn curator(h: &ZkHarness, path: &str, hold: Duration) -> NativeCommand {
-    let classes = curator_program().await;
-    let mut command = tokio::process::Command::new("java");
-    command
-        .arg("-cp")
-        .arg(format!("{}:{CURATOR_CLASSPATH}", classes.display()))
-        .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "CuratorLock"])
-        .args([h.upstream(), path, &hold.as_millis().to_string()])
-        .stderr(Stdio::null());
+    let mut command = curator_command("CuratorLock", &[h.upstream(), path, &hold.as_millis().to_string()]).await;
+    command.stderr(Stdio::null());
     NativeCommand::spawn(command)
 }
 

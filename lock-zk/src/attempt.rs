@@ -13,17 +13,14 @@ use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission};
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
 use crate::error::{self, UnprotectedDirectory};
-
-/// Curator's lock name for `InterProcessMutex`.
-pub(crate) const LOCK_NAME: &str = "lock-";
-/// Digits of a ZooKeeper sequence suffix.
-pub(crate) const SEQUENCE_DIGITS: usize = 10;
+use crate::layout::NodeKind;
 
 /// Our contender node in `dir`, until it holds the lock or is withdrawn.
 pub(crate) struct Attempt {
     session: Arc<Session>,
     pub(crate) dir: String,
-    /// `_c_{guid}-lock-`: the name without its sequence, unique to this attempt.
+    /// `_c_{guid}-{marker}`: the name without its sequence, unique to this
+    /// attempt.
     name: String,
     state: State,
 }
@@ -44,8 +41,9 @@ struct Created {
 }
 
 impl Attempt {
-    pub(crate) fn new(session: Arc<Session>, dir: String) -> Self {
-        let name = format!("_c_{}-{LOCK_NAME}", uuid::Uuid::new_v4());
+    /// An attempt to queue a node of `kind` in `dir`; nothing is sent yet.
+    pub(crate) fn new(session: Arc<Session>, dir: String, kind: NodeKind) -> Self {
+        let name = format!("_c_{}-{}", uuid::Uuid::new_v4(), kind.marker());
         Self { session, dir, name, state: State::Idle }
     }
 

@@ -43,7 +43,7 @@ pub(crate) enum Leftover {
 }
 
 /// The nodes a session is still deleting, as (lock directory, node name or
-/// its unique prefix `_c_{guid}-lock-`).
+/// its unique prefix `_c_{guid}-{marker}`).
 ///
 /// A later attempt of the same session skips them when it looks for its
 /// turn. That is safe: they are this client's own nodes, given up for good

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use lock_core::{ClientSession, LockError, LockKey, LossSignal, LostReason, SharedRenewal};
 use tokio::task::JoinHandle;
+use tokio::time::timeout;
 use tracing::{Instrument, debug, info_span, warn};
 use zookeeper_client::{Client, SessionState};
 
 use crate::cleanup::Withdrawn;
-use crate::{ZkConfig, connect};
+use crate::{ZkConfig, connect, error};
 
 /// One ZooKeeper session and the task that watches its state.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub(crate) struct Session {
     pub(crate) renewal: SharedRenewal,
     /// Nodes of the session being deleted; its attempts do not queue behind them.
     pub(crate) withdrawn: Withdrawn,
+    /// How long each request may wait for its answer.
+    request_timeout: Duration,
 }
 
 impl Session {
@@ -51,12 +54,26 @@ impl Session {
         // Any request the server answered restarts the session timeout, so a
         // recent one (within a quarter of the TTL) proves the session alive.
         let renewal = SharedRenewal::new(client.session_timeout() / 4);
-        Ok(Arc::new(Self { client, ended, watcher, renewal, withdrawn: Withdrawn::default() }))
+        let request_timeout = config.request_timeout_value();
+        Ok(Arc::new(Self { client, ended, watcher, renewal, withdrawn: Withdrawn::default(), request_timeout }))
     }
 
     /// The session timeout ZooKeeper negotiated: the TTL of every lock.
     pub(crate) fn ttl(&self) -> Duration {
         self.client.session_timeout()
+    }
+
+    /// Awaits `request` (`what`, for `key`) for at most the request timeout.
+    pub(crate) async fn call<T>(
+        &self,
+        key: &LockKey,
+        what: &str,
+        request: impl Future<Output = Result<T, zookeeper_client::Error>>,
+    ) -> Result<T, LockError> {
+        match timeout(self.request_timeout, request).await {
+            Ok(result) => result.map_err(|e| error::map(Some(key), e)),
+            Err(_) => Err(error::timed_out(Some(key), what, self.request_timeout)),
+        }
     }
 }
 

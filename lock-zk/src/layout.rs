@@ -1,6 +1,7 @@
 //! How distlock keys map onto ZooKeeper paths: one lock directory per key,
-//! holding Curator `InterProcessMutex` contender nodes
-//! (`_c_{guid}-lock-{sequence}`).
+//! holding Curator's contender nodes, `_c_{guid}-{marker}{sequence}`: marker
+//! `lock-` for `InterProcessMutex`, `__READ__` and `__WRIT__` for the two
+//! sides of `InterProcessReadWriteLock` (see [`NodeKind`]).
 //!
 //! Key `K` under base path `B` is the directory `B/{escape(K)}`, where
 //! `escape` writes `%` as `%25`, `/` as `%2F`, every character ZooKeeper
@@ -9,10 +10,71 @@
 //! and a key `.` or `..` as `%2E` / `%2E%2E`. With base `/distlock`, the key
 //! `jobs/nightly` is the Curator lock path `/distlock/jobs%2Fnightly`.
 
-use lock_core::LockKey;
+use lock_core::{LockKey, LockMode};
+
+/// Digits of a ZooKeeper sequence suffix.
+pub(crate) const SEQUENCE_DIGITS: usize = 10;
+
+/// What a contender node asks for, told by the marker Curator writes right
+/// before its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    /// `lock-`: Curator's `InterProcessMutex`, our [`LockMode::Exclusive`].
+    Mutex,
+    /// `__READ__`: the read side of Curator's `InterProcessReadWriteLock`.
+    Read,
+    /// `__WRIT__`: its write side.
+    Write,
+}
+
+impl NodeKind {
+    const ALL: [NodeKind; 3] = [NodeKind::Mutex, NodeKind::Read, NodeKind::Write];
+
+    /// The node kind an acquisition in `mode` creates; `None` for a mode
+    /// this backend does not know.
+    pub(crate) fn of(mode: LockMode) -> Option<Self> {
+        match mode {
+            LockMode::Exclusive => Some(NodeKind::Mutex),
+            LockMode::Read => Some(NodeKind::Read),
+            LockMode::Write => Some(NodeKind::Write),
+            _ => None,
+        }
+    }
+
+    /// The mode a node of this kind holds its key in.
+    pub(crate) fn mode(self) -> LockMode {
+        match self {
+            NodeKind::Mutex => LockMode::Exclusive,
+            NodeKind::Read => LockMode::Read,
+            NodeKind::Write => LockMode::Write,
+        }
+    }
+
+    /// Curator's lock name for this kind: the text between the protected
+    /// prefix `_c_{guid}-` and the sequence number.
+    pub(crate) fn marker(self) -> &'static str {
+        match self {
+            NodeKind::Mutex => "lock-",
+            NodeKind::Read => "__READ__",
+            NodeKind::Write => "__WRIT__",
+        }
+    }
+
+    /// The kind and sequence number of the contender node `name`, or `None`
+    /// for a child that is not one (no known marker right before ten digits).
+    pub(crate) fn parse(name: &str) -> Option<(Self, u64)> {
+        let split = name.len().checked_sub(SEQUENCE_DIGITS)?;
+        let (head, digits) = (name.get(..split)?, name.get(split..)?);
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let kind = Self::ALL.into_iter().find(|kind| head.ends_with(kind.marker()))?;
+        Some((kind, digits.parse().ok()?))
+    }
+}
 
 /// The lock directory of `key` under `base`: the path a Curator
-/// `InterProcessMutex` shares the lock under.
+/// `InterProcessMutex` or `InterProcessReadWriteLock` shares the lock under.
 ///
 /// ```
 /// use lock_core::LockKey;
@@ -69,5 +131,21 @@ mod tests {
         assert_eq!(path("jobs/nightly"), "/b/jobs%2Fnightly");
         assert_eq!(path(".."), "/b/%2E%2E");
         assert_eq!(path("🔒"), "/b/%F0%9F%94%92");
+    }
+
+    #[test]
+    fn contender_nodes_are_told_by_the_marker_before_their_sequence() {
+        let guid = "_c_2f1bc8d4-4a1e-4f57-9a57-0d6c1b3b7c11-";
+        assert_eq!(NodeKind::parse(&format!("{guid}lock-0000000007")), Some((NodeKind::Mutex, 7)));
+        assert_eq!(NodeKind::parse(&format!("{guid}__READ__0000000012")), Some((NodeKind::Read, 12)));
+        assert_eq!(NodeKind::parse(&format!("{guid}__WRIT__0000000003")), Some((NodeKind::Write, 3)));
+        // Curator without protection writes no prefix.
+        assert_eq!(NodeKind::parse("__WRIT__0000000004"), Some((NodeKind::Write, 4)));
+        for other in ["leases", "lock-12", "_c_x-lock-00000000x1", "_c_x-lease-0000000001", "é"] {
+            assert_eq!(NodeKind::parse(other), None, "{other}");
+        }
+        for kind in NodeKind::ALL {
+            assert_eq!(NodeKind::of(kind.mode()), Some(kind));
+        }
     }
 }

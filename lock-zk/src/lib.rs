@@ -1,19 +1,27 @@
 //! The ZooKeeper backend of distlock.
 //!
 //! [`ZkLock`] implements [`DistributedLock`](lock_core::DistributedLock) on
-//! ZooKeeper with the node layout of Apache Curator's `InterProcessMutex`,
+//! ZooKeeper with the node layout of Apache Curator's `InterProcessMutex`
+//! (the mutex) and `InterProcessReadWriteLock` (the read and write modes),
 //! so a Java service using Curator and a Rust service using distlock exclude
 //! each other on the same lock path; see [`lock_path`] for how a key maps to
 //! it. Contender nodes carry a GUID, so a create whose reply was lost is found
 //! again and deleted rather than orphaned.
 //!
+//! * **Reader/writer locks**: readers share a key with readers only; a
+//!   waiting writer (or mutex contender) holds back readers that queue after
+//!   it. Our mutex and our reader/writer lock exclude each other on one key;
+//!   a Curator `InterProcessMutex` and a reader/writer lock on one path do
+//!   not (Curator's mutex ignores reader and writer nodes), as in Curator.
 //! * **One session per client**, shared by all its locks; the lock TTL is the
 //!   negotiated session timeout. When ZooKeeper expires the session, every
 //!   guard of the client reports lost and the next acquisition opens a new
 //!   session. While only disconnected, guards keep their locks (Curator's
 //!   SUSPENDED) until the guard's own clock gives them up.
 //! * **Fenced** by the holder node's `czxid`, which increases across the
-//!   whole ensemble, also when a lock directory is re-created.
+//!   whole ensemble, also when a lock directory is re-created: a write grant's
+//!   token exceeds every earlier grant's, a read grant's every earlier write
+//!   grant's.
 //! * **Safe release**: only our own node is deleted; its deletion by anyone
 //!   else is reported as loss at once through a node watch.
 //! * **Nothing left behind**: the node of an attempt that timed out, was
@@ -53,8 +61,12 @@ mod client;
 mod config;
 mod connect;
 mod error;
+mod grant;
 mod layout;
 mod lock;
+mod queue;
+mod reader_writer;
+mod wait;
 
 pub use config::{DEFAULT_HOSTS, HOSTS_ENV, ZkConfig};
 pub use error::UnprotectedDirectory;

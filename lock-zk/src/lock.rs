@@ -1,32 +1,46 @@
-//! The lock recipe: Curator's InterProcessMutex, through zookeeper-client.
+//! The recipes: Curator's InterProcessMutex and InterProcessReadWriteLock,
+//! through zookeeper-client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions,
-    LossSignal, LostReason, SessionSlot,
+    Capabilities, ClientSession, DistributedLock, Lease, LockError, LockInfo, LockKey, LockMode, LockOptions,
+    LostReason, SessionSlot,
 };
-use tokio::time::{Instant, timeout};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use tracing::debug;
-use zookeeper_client::{Acls, EventType, Stat};
+use zookeeper_client::{Acls, Stat};
 
 use crate::attempt::Attempt;
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
-use crate::layout::lock_path;
-use crate::{BACKEND, ZkConfig, error};
-
-use crate::attempt::{LOCK_NAME, SEQUENCE_DIGITS};
+use crate::grant::{self, grant_of};
+use crate::layout::{NodeKind, lock_path};
+use crate::queue::Queue;
+use crate::wait::{Waited, wait_for_turn};
+use crate::{BACKEND, ZkConfig};
 
 /// A distributed lock on ZooKeeper, node for node Apache Curator's
-/// `InterProcessMutex`: under the key's lock directory (a container node,
-/// reaped by the server when empty), each contender creates the ephemeral
-/// sequential node `_c_{guid}-lock-{sequence}`; the lowest sequence holds;
-/// each waiter watches only its predecessor. The fencing token is the holder
-/// node's `czxid`. See the [crate docs](crate).
+/// `InterProcessMutex` ([`LockMode::Exclusive`]) and
+/// `InterProcessReadWriteLock` ([`LockMode::Read`], [`LockMode::Write`]).
+///
+/// Under the key's lock directory (a container node, reaped by the server
+/// when empty), each contender creates an ephemeral sequential node:
+/// `_c_{guid}-lock-{sequence}` for the mutex, `_c_{guid}-__READ__{sequence}`
+/// and `_c_{guid}-__WRIT__{sequence}` for the two sides of the
+/// reader/writer lock. All of them queue by sequence number: a mutex or
+/// write node holds when it is the first, a read node when no write or
+/// mutex node is before it; each waiter watches only the one node in its
+/// way. The fencing token is the holder node's `czxid`. See the
+/// [crate docs](crate).
+///
+/// Our mutex and our reader/writer lock exclude each other on one key.
+/// Curator's do not: its `InterProcessMutex` sorts the reader/writer nodes
+/// after its own and so ignores them (and its reader/writer lock ignores
+/// `lock-` nodes), so a Curator mutex and a reader/writer lock on one path
+/// are not safe together, as in Curator itself.
 ///
 /// The recipe is run here rather than through `zookeeper-client`'s own
 /// `Client::lock`, because a `lock` future dropped during its create leaves
@@ -41,6 +55,8 @@ use crate::attempt::{LOCK_NAME, SEQUENCE_DIGITS};
 /// let locks = Locks::new(ZkLock::connect(ZkConfig::from_env()).await?);
 /// let guard = locks.lock("jobs/nightly").acquire().await?;
 /// guard.release().await?;
+/// let reading = locks.read_lock("reports/daily").acquire().await?;
+/// reading.release().await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -48,15 +64,6 @@ use crate::attempt::{LOCK_NAME, SEQUENCE_DIGITS};
 pub struct ZkLock {
     config: ZkConfig,
     sessions: SessionSlot<Session>,
-}
-
-/// What a ZooKeeper lease remembers about its grant.
-#[derive(Debug)]
-struct ZkGrant {
-    path: String,
-    czxid: i64,
-    session: Arc<Session>,
-    stop_monitor: CancellationToken,
 }
 
 impl ZkLock {
@@ -106,29 +113,21 @@ impl ZkLock {
         self.config.digest_value().is_some()
     }
 
-    /// Runs one request with the request timeout.
-    async fn call<T>(
+    /// Takes the session and creates our contender node of `kind`. A
+    /// session that ZooKeeper already expired (while we were cut off, before
+    /// the client noticed) is ended and the create retried once on a new
+    /// session.
+    async fn enter(
         &self,
         key: &LockKey,
-        what: &str,
-        request: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>,
-    ) -> Result<T, LockError> {
-        let limit = self.config.request_timeout_value();
-        match timeout(limit, request).await {
-            Ok(result) => result.map_err(|e| error::map(Some(key), e)),
-            Err(_) => Err(error::timed_out(Some(key), what, limit)),
-        }
-    }
-
-    /// Takes the session and creates our contender node. A session that
-    /// ZooKeeper already expired (while we were cut off, before the client
-    /// noticed) is ended and the create retried once on a new session.
-    async fn enter(&self, key: &LockKey, options: &LockOptions) -> Result<(Arc<Session>, Attempt, String), LockError> {
+        options: &LockOptions,
+        kind: NodeKind,
+    ) -> Result<(Arc<Session>, Attempt, String), LockError> {
         let mut retried = false;
         loop {
             let session = self.session(Some(key)).await?;
             let dir = lock_path(self.config.base_path_value(), key);
-            let mut attempt = Attempt::new(Arc::clone(&session), dir);
+            let mut attempt = Attempt::new(Arc::clone(&session), dir, kind);
             let owner = options.owner_value().as_bytes().to_vec();
             let (acls, protected, limit) = (self.acls(), self.authenticated(), self.config.request_timeout_value());
             match attempt.create(key, owner, acls, protected, limit).await {
@@ -143,176 +142,19 @@ impl ZkLock {
             }
         }
     }
-
-    /// Waits until our node `name` is the lowest in `dir`, watching only the
-    /// node just before it (no herd on release).
-    async fn wait_for_turn(
-        &self,
-        key: &LockKey,
-        session: &Session,
-        dir: &str,
-        name: &str,
-        deadline: Option<Instant>,
-        started: Instant,
-    ) -> Result<Waited, LockError> {
-        let mut waited = Waited::AtOnce;
-        loop {
-            match self.turn(key, session, dir, name, deadline, started).await {
-                // Disconnected, but the session may live on (Curator's
-                // SUSPENDED): keep waiting until it is known ended or the
-                // deadline passes.
-                Err(LockError::Unavailable { .. }) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
-                        () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
-                    }
-                }
-                Ok(Turn::Mine) => return Ok(waited),
-                Ok(Turn::Succeeded) => return Ok(Waited::AfterWaiting),
-                Ok(Turn::NotYet) => {}
-                Err(error) => return Err(error),
-            }
-            waited = Waited::AfterWaiting;
-        }
-    }
-
-    /// One look at the queue: ours, or wait for the predecessor to change.
-    async fn turn(
-        &self,
-        key: &LockKey,
-        session: &Session,
-        dir: &str,
-        name: &str,
-        deadline: Option<Instant>,
-        started: Instant,
-    ) -> Result<Turn, LockError> {
-        let children = self.call(key, "list contenders", session.client.list_children(dir)).await?;
-        let contenders = contenders(session, dir, &children);
-        let Some(position) = contenders.iter().position(|child| *child == name) else {
-            let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
-            return Err(LockError::lost(BACKEND, key, reason));
-        };
-        let Some(before) = position.checked_sub(1).and_then(|i| contenders.get(i)) else { return Ok(Turn::Mine) };
-        // With one contender before us, its end is our turn: nodes created
-        // later get higher sequence numbers (the directory cannot be reaped
-        // and re-created while our node is in it), so no listing is needed to
-        // confirm it. This is every hand-off from a holder to the next
-        // waiter. The grant then reads our own node, which also proves it
-        // still exists.
-        let next_in_line = position == 1;
-        let turn_when_gone = if next_in_line { Turn::Succeeded } else { Turn::NotYet };
-        let before = format!("{dir}/{before}");
-        let (stat, watcher) = self.call(key, "watch predecessor", session.client.check_and_watch_stat(&before)).await?;
-        if stat.is_none() {
-            return Ok(turn_when_gone);
-        }
-        tokio::select! {
-            event = watcher.changed() => {
-                Ok(if event.event_type == EventType::NodeDeleted { turn_when_gone } else { Turn::NotYet })
-            }
-            _ = session.ended().fired() => Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
-            () = lock_core::deadline_passed(deadline) => Err(LockError::timeout(BACKEND, key, started)),
-        }
-    }
-
-    /// Reads `path`'s stat and sets a watch on it, in one request; with the
-    /// time the request was sent.
-    async fn read_node(&self, key: &LockKey, session: &Session, path: &str) -> Result<(NodeRead, Instant), LockError> {
-        let sent = Instant::now();
-        Ok((self.call(key, "read lock node", session.client.check_and_watch_stat(path)).await?, sent))
-    }
-
-    /// Turns the granted node into a lease, with `read`: the node's stat (the
-    /// token) and its loss watch, from one request. `sent`: when that request
-    /// was sent.
-    fn grant(
-        &self,
-        key: &LockKey,
-        options: &LockOptions,
-        session: Arc<Session>,
-        path: String,
-        (read, sent): (NodeRead, Instant),
-    ) -> Result<Lease, LockError> {
-        let (Some(stat), watcher) = read else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
-        let loss = LossSignal::new();
-        let stop = CancellationToken::new();
-        tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
-        debug!(%key, path, czxid = stat.czxid, "granted");
-        let ttl = session.ttl();
-        let grant = ZkGrant { path, czxid: stat.czxid, session, stop_monitor: stop };
-        Ok(Lease::new(
-            key.clone(),
-            FencingToken::new(u64::try_from(stat.czxid).unwrap_or_default()),
-            options.owner_value().to_owned(),
-            ttl,
-            sent,
-            loss,
-            Arc::new(grant),
-        ))
-    }
 }
 
-/// Reports the held lock lost when its node is deleted or its session ends.
-async fn monitor(
-    session: Arc<Session>,
-    path: String,
-    first: zookeeper_client::OneshotWatcher,
-    loss: LossSignal,
-    stop: CancellationToken,
-) {
-    let mut next = Some(first);
-    loop {
-        let watched = match next.take() {
-            Some(watcher) => Ok((true, watcher)),
-            None => session.client.check_and_watch_stat(&path).await.map(|(stat, watcher)| (stat.is_some(), watcher)),
-        };
-        let watcher = match watched {
-            Ok((true, watcher)) => watcher,
-            Ok((false, _)) => return loss.fire(LostReason::Revoked),
-            Err(_) => {
-                // Session trouble: the session watcher or the guard's clock decides.
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = loss.fired() => return,
-            _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
-            event = watcher.changed() => {
-                if event.event_type == EventType::NodeDeleted {
-                    return loss.fire(LostReason::Revoked);
-                }
-            }
-        }
-    }
+/// The node kind `options` ask for.
+fn kind_of(options: &LockOptions) -> Result<NodeKind, LockError> {
+    NodeKind::of(options.mode_value()).ok_or_else(|| LockError::InvalidOptions {
+        backend: BACKEND,
+        message: format!("the {} mode is not available on this backend", options.mode_value()),
+    })
 }
 
-/// What one look at the queue found.
-enum Turn {
-    /// Ours at this look: no contender before us.
-    Mine,
-    /// Ours after waiting: the only contender before us has gone.
-    Succeeded,
-    /// Look again.
-    NotYet,
-}
-
-/// Whether the lock was free at the first look at the queue.
-enum Waited {
-    AtOnce,
-    AfterWaiting,
-}
-
-/// A node's stat (`None`: no such node) and the watch set on it.
-type NodeRead = (Option<Stat>, zookeeper_client::OneshotWatcher);
-
-fn grant_of(lease: &Lease) -> Result<&ZkGrant, LockError> {
-    lease.backend_data_for::<ZkGrant>(BACKEND)
+/// The name of the node at `path` in its directory.
+fn node_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
 }
 
 fn is(error: &LockError, expected: &zookeeper_client::Error) -> bool {
@@ -320,22 +162,6 @@ fn is(error: &LockError, expected: &zookeeper_client::Error) -> bool {
         LockError::Backend { source, .. } => source.downcast_ref::<zookeeper_client::Error>() == Some(expected),
         _ => false,
     }
-}
-
-/// The contender nodes among `children` of `dir`, lowest sequence first,
-/// without the nodes `session` is deleting (see
-/// [`Withdrawn`](crate::cleanup::Withdrawn)).
-fn contenders<'a>(session: &Session, dir: &str, children: &'a [String]) -> Vec<&'a String> {
-    let mut contenders: Vec<&String> =
-        children.iter().filter(|child| sequence(child).is_some() && !session.withdrawn.contains(dir, child)).collect();
-    contenders.sort_by_key(|child| sequence(child));
-    contenders
-}
-
-/// The sequence suffix of a contender node name, if it is one.
-fn sequence(name: &str) -> Option<&str> {
-    let suffix = name.get(name.len().checked_sub(SEQUENCE_DIGITS)?..)?;
-    (name.contains(LOCK_NAME) && suffix.bytes().all(|b| b.is_ascii_digit())).then_some(suffix)
 }
 
 #[async_trait]
@@ -347,7 +173,7 @@ impl DistributedLock for ZkLock {
     fn capabilities(&self) -> Capabilities {
         // The lock TTL is the session timeout ZooKeeper negotiated.
         let ttl = self.config.session_timeout_value();
-        Capabilities::fixed_ttl(ttl).with_fifo(true).with_expiry_slack(Duration::from_secs(2))
+        Capabilities::fixed_ttl(ttl).with_fifo(true).with_expiry_slack(Duration::from_secs(2)).with_modes(LockMode::ALL)
     }
 
     async fn acquire(
@@ -357,27 +183,28 @@ impl DistributedLock for ZkLock {
         deadline: Option<Instant>,
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
-        let (session, mut attempt, path) = self.enter(key, options).await?;
-        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let kind = kind_of(options)?;
+        let (session, mut attempt, path) = self.enter(key, options, kind).await?;
         // Sent before the queue is listed and answered in the same round
         // trip: when the lock is free at once, the grant needs no request of
         // its own.
         let reader = Arc::clone(&session);
         let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
-        match self.wait_for_turn(key, &session, &attempt.dir, &name, deadline, started).await {
+        match wait_for_turn(&session, key, (&attempt.dir, node_name(&path)), deadline, started).await {
             Ok(waited) => {
                 let read = match waited {
-                    Waited::AtOnce => (self.call(key, "read lock node", early_read).await?, sent),
+                    Waited::AtOnce => (session.call(key, "read lock node", early_read).await?, sent),
                     // Read again after a wait: it also proves our node
                     // outlived the wait.
                     Waited::AfterWaiting => {
                         drop(early_read);
-                        self.read_node(key, &session, &path).await?
+                        let sent = Instant::now();
+                        (session.call(key, "read lock node", session.client.check_and_watch_stat(&path)).await?, sent)
                     }
                 };
                 // Disarmed only once the lease exists: dropped during the
                 // grant's read, the attempt still deletes its node.
-                let lease = self.grant(key, options, session, path, read)?;
+                let lease = grant::lease(key, options.owner_value(), kind.mode(), session, path, read)?;
                 attempt.disarm();
                 Ok(lease)
             }
@@ -394,16 +221,16 @@ impl DistributedLock for ZkLock {
     }
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
-        let (session, mut attempt, path) = self.enter(key, options).await?;
-        let name = path.rsplit('/').next().unwrap_or_default();
+        let kind = kind_of(options)?;
+        let (session, mut attempt, path) = self.enter(key, options, kind).await?;
         // Both requests in one round trip, as in `acquire`.
         let reader = Arc::clone(&session);
         let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
-        let children = self.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?;
-        let lowest = contenders(&session, &attempt.dir, &children).first().and_then(|child| sequence(child));
-        if lowest.is_some() && lowest == sequence(name) {
-            let read = (self.call(key, "read lock node", early_read).await?, sent);
-            let lease = self.grant(key, options, session, path, read)?;
+        let children = session.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?;
+        let queue = Queue::seen_by(&session, &attempt.dir, &children);
+        if queue.position(node_name(&path)).is_some_and(|position| queue.blocker(position).is_none()) {
+            let read = (session.call(key, "read lock node", early_read).await?, sent);
+            let lease = grant::lease(key, options.owner_value(), kind.mode(), session, path, read)?;
             attempt.disarm();
             return Ok(Some(lease));
         }
@@ -420,7 +247,7 @@ impl DistributedLock for ZkLock {
         // session, not once per lock.
         let check = || async {
             let stat: Option<Stat> =
-                self.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await?;
+                grant.session.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await?;
             match stat {
                 Some(stat) if stat.czxid == grant.czxid => Ok(()),
                 _ => {
@@ -438,7 +265,7 @@ impl DistributedLock for ZkLock {
             return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
         }
         grant.stop_monitor.cancel();
-        let deleted = self.call(lease.key(), "release", grant.session.client.delete(&grant.path, None)).await;
+        let deleted = grant.session.call(lease.key(), "release", grant.session.client.delete(&grant.path, None)).await;
         match deleted {
             Ok(()) => {
                 lease.mark_released();
@@ -461,24 +288,40 @@ impl DistributedLock for ZkLock {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
+        Ok(self.holders(key).await?.into_iter().next())
+    }
+
+    async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
         let session = self.session(Some(key)).await?;
         let dir = lock_path(self.config.base_path_value(), key);
-        let children = match self.call(key, "list contenders", session.client.list_children(&dir)).await {
+        let children = match session.call(key, "list contenders", session.client.list_children(&dir)).await {
             Ok(children) => children,
-            Err(error) if is(&error, &zookeeper_client::Error::NoNode) => return Ok(None),
+            Err(error) if is(&error, &zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
             Err(error) => return Err(error),
         };
-        let Some(holder) = children.iter().filter(|c| sequence(c).is_some()).min_by_key(|c| sequence(c)) else {
-            return Ok(None);
-        };
-        let path = format!("{dir}/{holder}");
-        match self.call(key, "read holder", session.client.get_data(&path)).await {
-            Ok((data, stat)) => {
-                let owner = String::from_utf8(data).ok().filter(|o| !o.is_empty()).unwrap_or_else(|| holder.clone());
-                Ok(Some(LockInfo::new(owner, FencingToken::new(u64::try_from(stat.czxid).unwrap_or_default()))))
+        let queue = Queue::new(&children);
+        // Every read is sent before the first answer is awaited: one round
+        // trip for all readers.
+        let reads: Vec<_> = queue
+            .holders()
+            .iter()
+            .map(|holder| (*holder, session.client.get_data(&format!("{dir}/{}", holder.name))))
+            .collect();
+        let mut holders = Vec::with_capacity(reads.len());
+        for (holder, read) in reads {
+            match session.call(key, "read holder", read).await {
+                Ok((data, stat)) => {
+                    // Curator stores the client's address by default, we the owner string.
+                    let owner = String::from_utf8(data).ok().filter(|owner| !owner.is_empty());
+                    let owner = owner.unwrap_or_else(|| holder.name.to_owned());
+                    holders.push(LockInfo::new(owner, grant::token(stat.czxid)).with_mode(holder.kind.mode()));
+                }
+                // Released since the listing.
+                Err(error) if is(&error, &zookeeper_client::Error::NoNode) => {}
+                Err(error) => return Err(error),
             }
-            Err(error) if is(&error, &zookeeper_client::Error::NoNode) => Ok(None),
-            Err(error) => Err(error),
         }
+        holders.sort_by_key(|holder| holder.token);
+        Ok(holders)
     }
 }

@@ -1,0 +1,100 @@
+//! A contender node that holds its key, as a lease: its token, and the task
+//! that reports its loss when the node is deleted or its session ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{ClientSession, FencingToken, Lease, LockError, LockKey, LockMode, LossSignal, LostReason};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use zookeeper_client::{EventType, OneshotWatcher, Stat};
+
+use crate::BACKEND;
+use crate::client::Session;
+
+/// What a ZooKeeper lease remembers about its grant.
+#[derive(Debug)]
+pub(crate) struct ZkGrant {
+    /// The holding node.
+    pub(crate) path: String,
+    /// Its `czxid`: the fencing token, and proof that a node found at `path`
+    /// is still ours.
+    pub(crate) czxid: i64,
+    pub(crate) session: Arc<Session>,
+    pub(crate) stop_monitor: CancellationToken,
+}
+
+/// A node's stat (`None`: no such node) and the watch set on it.
+pub(crate) type NodeRead = (Option<Stat>, OneshotWatcher);
+
+/// The grant of `lease`, or the error for a lease of another backend.
+pub(crate) fn grant_of(lease: &Lease) -> Result<&ZkGrant, LockError> {
+    lease.backend_data_for::<ZkGrant>(BACKEND)
+}
+
+/// The fencing token of a node created at `czxid`.
+pub(crate) fn token(czxid: i64) -> FencingToken {
+    FencingToken::new(u64::try_from(czxid).unwrap_or_default())
+}
+
+/// Turns the granted node at `path` into a lease held in `mode` by `owner`,
+/// with `read`: the node's stat (the token) and its loss watch, from one
+/// request. `sent`: when that request was sent.
+pub(crate) fn lease(
+    key: &LockKey,
+    owner: &str,
+    mode: LockMode,
+    session: Arc<Session>,
+    path: String,
+    (read, sent): (NodeRead, Instant),
+) -> Result<Lease, LockError> {
+    let (Some(stat), watcher) = read else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
+    let loss = LossSignal::new();
+    let stop = CancellationToken::new();
+    tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
+    debug!(%key, %mode, path, czxid = stat.czxid, "granted");
+    let ttl = session.ttl();
+    let grant = ZkGrant { path, czxid: stat.czxid, session, stop_monitor: stop };
+    let lease = Lease::new(key.clone(), token(stat.czxid), owner.to_owned(), ttl, sent, loss, Arc::new(grant));
+    Ok(lease.with_mode(mode))
+}
+
+/// Reports the held lock lost when its node is deleted or its session ends.
+async fn monitor(
+    session: Arc<Session>,
+    path: String,
+    first: OneshotWatcher,
+    loss: LossSignal,
+    stop: CancellationToken,
+) {
+    let mut next = Some(first);
+    loop {
+        let watched = match next.take() {
+            Some(watcher) => Ok((true, watcher)),
+            None => session.client.check_and_watch_stat(&path).await.map(|(stat, watcher)| (stat.is_some(), watcher)),
+        };
+        let watcher = match watched {
+            Ok((true, watcher)) => watcher,
+            Ok((false, _)) => return loss.fire(LostReason::Revoked),
+            Err(_) => {
+                // Session trouble: the session watcher or the guard's clock decides.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = loss.fired() => return,
+            _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
+            event = watcher.changed() => {
+                if event.event_type == EventType::NodeDeleted {
+                    return loss.fire(LostReason::Revoked);
+                }
+            }
+        }
+    }
+}
