@@ -86,6 +86,32 @@ macro_rules! reader_writer_suite {
     };
 }
 
+/// Instantiates the semaphore cases (module `$name`) for a backend that
+/// grants [`LockMode::Semaphore`](lock_core::LockMode::Semaphore).
+#[macro_export]
+macro_rules! semaphore_suite {
+    ($name:ident, $harness:expr) => {
+        $crate::__conformance_cases!($name, $harness;
+            semaphore_admits_up_to_its_limit,
+            semaphore_limit_holds_under_contention,
+            semaphore_limits_must_agree,
+            semaphore_places_come_back
+        );
+    };
+}
+
+/// Instantiates the leader election cases (module `$name`) for a backend
+/// that publishes values ([`LockOptions::value`](lock_core::LockOptions::value)).
+#[macro_export]
+macro_rules! election_suite {
+    ($name:ident, $harness:expr) => {
+        $crate::__conformance_cases!($name, $harness;
+            leader_is_published_and_observed,
+            proclaimed_value_replaces_the_old
+        );
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {

@@ -143,7 +143,39 @@ pub trait DistributedLock: Send + Sync + Debug + 'static {
     async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
         Ok(self.inspect(key).await?.into_iter().collect())
     }
+
+    /// Replaces the value `lease`'s holder publishes (a leader's new
+    /// proposal: etcd's `Proclaim`), only while the service still holds the
+    /// lease for us.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidOptions`] where the backend publishes no values
+    /// (the default); otherwise as [`renew`](Self::renew).
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        let _ = value;
+        Err(LockError::InvalidOptions {
+            backend: self.backend(),
+            message: format!("lock {:?}: this backend publishes no values", lease.key().as_str()),
+        })
+    }
+
+    /// A stream of `key`'s first holder (the leader, with its value and
+    /// token): the current one first, then each change of holder or value,
+    /// `None` while the key is free. `None` here (the default) makes
+    /// [`Locks::observe`](crate::Locks::observe) poll
+    /// [`inspect`](Self::inspect) instead; backends with watches return
+    /// their own.
+    fn watch_leader(&self, key: &LockKey) -> Option<LeaderStream> {
+        let _ = key;
+        None
+    }
 }
+
+/// What [`DistributedLock::watch_leader`] and
+/// [`Locks::observe`](crate::Locks::observe) yield: the key's first holder
+/// after each change, `None` while it is free.
+pub type LeaderStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<Option<LockInfo>, LockError>> + Send + 'static>>;
 
 /// Completes at `deadline`; never when there is none. For the deadline arm of
 /// a backend's wait loop.

@@ -48,12 +48,15 @@ pub struct Capabilities {
     /// arrive after it wait, so readers never starve it. `true` on every
     /// backend that grants [`LockMode::Read`].
     pub writer_preference: bool,
+    /// Whether holders can publish a value ([`LockOptions::value`](crate::LockOptions::value),
+    /// leader election); options with a value are refused where not.
+    pub values: bool,
 }
 
 impl Capabilities {
     /// Capabilities with the given TTL range; the default TTL is 15 s clamped
     /// into the range; not FIFO, no expiry slack, expiring, shared across
-    /// processes, the mutex only, writer-preferring.
+    /// processes, the mutex only, writer-preferring, no published values.
     pub fn new(min_ttl: Duration, max_ttl: Duration) -> Self {
         Self {
             min_ttl,
@@ -65,6 +68,7 @@ impl Capabilities {
             shared_across_processes: true,
             modes: &[LockMode::Exclusive],
             writer_preference: true,
+            values: false,
         }
     }
 
@@ -116,9 +120,15 @@ impl Capabilities {
         self
     }
 
+    /// Declares whether holders can publish values.
+    pub fn with_values(mut self, values: bool) -> Self {
+        self.values = values;
+        self
+    }
+
     /// Whether the backend grants `mode`.
     pub fn grants(&self, mode: LockMode) -> bool {
-        self.modes.contains(&mode)
+        self.modes.iter().any(|granted| granted.same_kind(mode))
     }
 
     /// Whether `ttl` lies within `min_ttl..=max_ttl`.

@@ -107,6 +107,40 @@ impl Locks {
         self.lock(key).mode(LockMode::Read)
     }
 
+    /// Starts a request for one of `limit` places of `key`'s counting
+    /// semaphore (Curator's `InterProcessSemaphoreV2`, Consul's
+    /// `consul lock -n`). A `limit` of 0 is refused when the request is made.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::{Locks, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let (a, b, c) = (Locks::new(store.client()), Locks::new(store.client()), Locks::new(store.client()));
+    /// let first = a.semaphore("migrations", 2).acquire().await?;
+    /// let second = b.semaphore("migrations", 2).acquire().await?;
+    /// assert!(c.semaphore("migrations", 2).try_acquire().await?.is_none()); // both places taken
+    /// assert!(c.semaphore("migrations", 3).try_acquire().await.is_err()); // another limit: a conflict
+    /// first.release().await?;
+    /// second.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn semaphore(&self, key: impl AsRef<str>, limit: u32) -> LockRequest {
+        let mut request = self.lock(key);
+        match LockMode::semaphore(limit) {
+            Some(mode) => request = request.mode(mode),
+            None => {
+                request.key = Err(LockError::InvalidOptions {
+                    backend: self.backend_name(),
+                    message: "a semaphore's limit must be at least 1".to_owned(),
+                });
+            }
+        }
+        request
+    }
+
     /// Starts a request for the write side of `key`'s reader/writer lock: the
     /// key alone, once every earlier reader and writer is done. Curator's
     /// `writeLock()`, tokio's `RwLock::write`.
@@ -207,6 +241,49 @@ impl Locks {
         self.backend.inspect(&key).await
     }
 
+    /// The leader of election `key`: its first holder, with the value it
+    /// publishes and its token; `None` while nobody holds it.
+    ///
+    /// # Errors
+    /// As [`inspect`](Self::inspect).
+    pub async fn leader(&self, key: impl AsRef<str>) -> Result<Option<LockInfo>, LockError> {
+        self.inspect(key).await
+    }
+
+    /// The leaders of election `key` as they change: the current one first
+    /// (`None` while nobody leads), then every new leader and every new value
+    /// a leader publishes. Backends with watches push the changes; the others
+    /// are polled every 100 ms. The stream ends only when dropped; errors are
+    /// items, and it goes on after them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use futures_util::StreamExt;
+    /// use lock_core::{Locks, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let (node, observer) = (Locks::new(store.client()), Locks::new(store.client()));
+    /// let mut leaders = observer.observe("services/api/leader")?;
+    /// assert_eq!(leaders.next().await.transpose()?.flatten(), None); // nobody leads yet
+    /// let leading = node.lock("services/api/leader").value("10.0.0.7:8080").acquire().await?;
+    /// let leader = leaders.next().await.transpose()?.flatten();
+    /// assert_eq!(leader.and_then(|l| l.value).as_deref(), Some("10.0.0.7:8080"));
+    /// leading.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] before anything is sent.
+    pub fn observe(&self, key: impl AsRef<str>) -> Result<crate::LeaderStream, LockError> {
+        let key = LockKey::new(key.as_ref())?;
+        if let Some(stream) = self.backend.watch_leader(&key) {
+            return Ok(stream);
+        }
+        Ok(crate::observe::polled(Arc::clone(&self.backend), key))
+    }
+
     /// Every current holder of `key` (several while readers share it), in
     /// token order.
     ///
@@ -251,6 +328,13 @@ impl LockRequest {
     /// [`Locks::read_lock`] and [`Locks::write_lock`]).
     pub fn mode(mut self, mode: LockMode) -> Self {
         self.options = self.options.mode(mode);
+        self
+    }
+
+    /// A value to publish while holding (leader election; see
+    /// [`LockOptions::value`]).
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.options = self.options.value(value);
         self
     }
 

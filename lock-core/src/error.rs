@@ -98,6 +98,18 @@ pub enum LockError {
         /// Why it was lost.
         reason: LostReason,
     },
+    /// The key is in use in a way this request cannot share: a semaphore of
+    /// another limit, or a kind of lock the service keeps apart (a Consul
+    /// prefix used by `consul lock -n`, say). Nothing was taken or left.
+    #[error("lock {key:?} on the {backend} backend is in use in another way: {message}")]
+    Conflict {
+        /// The backend's name.
+        backend: &'static str,
+        /// The key.
+        key: LockKey,
+        /// How the key is in use, and how that differs from the request.
+        message: String,
+    },
     /// The service could not be reached, or did not answer in time.
     #[error("the {backend} backend is unavailable{}: {source}", for_key(key))]
     Unavailable {
@@ -140,6 +152,11 @@ impl LockError {
     /// A [`LockError::Timeout`] for `key`, having waited since `started`.
     pub fn timeout(backend: &'static str, key: &LockKey, started: tokio::time::Instant) -> Self {
         Self::Timeout { backend, key: key.clone(), waited: started.elapsed() }
+    }
+
+    /// A [`LockError::Conflict`] for `key`.
+    pub fn conflict(backend: &'static str, key: &LockKey, message: impl Into<String>) -> Self {
+        Self::Conflict { backend, key: key.clone(), message: message.into() }
     }
 
     /// A [`LockError::Lost`] for `key`.

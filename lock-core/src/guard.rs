@@ -104,6 +104,22 @@ impl LockGuard {
         self.shared.lease.mode()
     }
 
+    /// Publishes `value` in place of the one the grant was made with (a
+    /// leader's new proposal, etcd's `Proclaim`), while the lock is held.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] or [`LockError::NotHeld`] when the lock is no
+    /// longer held; [`LockError::InvalidOptions`] where the backend publishes
+    /// no values; [`LockError::Unavailable`] when the service cannot be
+    /// reached.
+    pub async fn proclaim(&self, value: impl AsRef<str>) -> Result<(), LockError> {
+        if self.is_lost() {
+            let reason = self.shared.lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+            return Err(LockError::lost(self.shared.backend.backend(), self.key(), reason));
+        }
+        self.shared.backend.proclaim(&self.shared.lease, value.as_ref()).await
+    }
+
     /// The owner string stored with the grant.
     pub fn owner(&self) -> &str {
         self.shared.lease.owner()

@@ -244,18 +244,27 @@ pub struct LockInfo {
     pub held_since: Option<std::time::SystemTime>,
     /// The mode the holder holds the key in.
     pub mode: LockMode,
+    /// The value the holder publishes (leader election), if any.
+    pub value: Option<String>,
 }
 
 impl LockInfo {
     /// Holder information.
     pub fn new(owner: impl Into<String>, token: FencingToken) -> Self {
-        Self { owner: owner.into(), token, held_since: None, mode: LockMode::Exclusive }
+        Self { owner: owner.into(), token, held_since: None, mode: LockMode::Exclusive, value: None }
     }
 
     /// Marks the holder as holding the key in `mode`.
     #[must_use]
     pub fn with_mode(mut self, mode: LockMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Adds the value the holder publishes.
+    #[must_use]
+    pub fn with_value(mut self, value: impl Into<String>) -> Self {
+        self.value = Some(value.into());
         self
     }
 

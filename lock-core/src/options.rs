@@ -7,6 +7,9 @@ use crate::{Capabilities, LockError, LockMode};
 /// The longest owner string accepted, in bytes.
 pub const MAX_OWNER_BYTES: usize = 256;
 
+/// The longest value a holder may publish (leader election), in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 /// Options for one acquisition: TTL, owner string, auto-renewal and the
 /// safety margin of the loss watchdog.
 ///
@@ -27,6 +30,7 @@ pub struct LockOptions {
     auto_renew: bool,
     safety_margin: Option<Duration>,
     mode: LockMode,
+    value: Option<String>,
 }
 
 impl Default for LockOptions {
@@ -46,6 +50,7 @@ impl LockOptions {
             auto_renew: true,
             safety_margin: None,
             mode: LockMode::Exclusive,
+            value: None,
         }
     }
 
@@ -85,6 +90,21 @@ impl LockOptions {
     pub fn mode(mut self, mode: LockMode) -> Self {
         self.mode = mode;
         self
+    }
+
+    /// A value the holder publishes while it holds the key, for everyone to
+    /// read: a leader election's proposal (its address, say). Stored where
+    /// each service's native election keeps it: the etcd key's value
+    /// (`etcdctl elect`), the ZooKeeper node's data (Curator's
+    /// `LeaderSelector` id), the Consul key's value.
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// The value to publish, if any.
+    pub fn value_value(&self) -> Option<&str> {
+        self.value.as_deref()
     }
 
     /// The mode asked for.
@@ -147,6 +167,14 @@ impl LockOptions {
         }
         if self.owner.is_empty() || self.owner.len() > MAX_OWNER_BYTES {
             return invalid(format!("owner string must be 1 to {MAX_OWNER_BYTES} bytes, got {}", self.owner.len()));
+        }
+        if self.value.is_some() && !capabilities.values {
+            return invalid("this backend cannot publish a holder's value (leader election)".to_owned());
+        }
+        if let Some(value) = &self.value
+            && value.len() > MAX_VALUE_BYTES
+        {
+            return invalid(format!("a published value may hold at most {MAX_VALUE_BYTES} bytes, got {}", value.len()));
         }
         if self.owner.chars().any(char::is_control) {
             return invalid(format!("owner string {:?} holds a control character", self.owner));

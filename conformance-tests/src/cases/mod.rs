@@ -5,18 +5,22 @@
 //! namespace, and checks that the service is left clean.
 
 mod basic;
+mod election;
 mod exclusion;
 mod expiry;
 mod faults;
 mod loss;
 mod reader_writer;
+mod semaphore;
 mod support;
 mod waiting;
 
 pub use basic::*;
+pub use election::*;
 pub use exclusion::*;
 pub use expiry::*;
 pub use faults::*;
 pub use loss::*;
 pub use reader_writer::*;
+pub use semaphore::*;
 pub use waiting::*;

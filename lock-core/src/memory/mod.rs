@@ -128,6 +128,7 @@ impl MemoryLock {
             owner: options.owner_value().to_owned(),
             ttl: options.effective_ttl(&self.capabilities()),
             mode: options.mode_value(),
+            value: options.value_value().map(str::to_owned),
             loss: LossSignal::new(),
         }
     }
@@ -143,6 +144,10 @@ impl MemoryLock {
             Arc::new(MemoryLease { lease_id: contender.lease_id }),
         )
         .with_mode(contender.mode)
+    }
+
+    fn conflict(key: &LockKey, asked: LockMode, other: LockMode) -> LockError {
+        LockError::conflict(BACKEND, key, format!("asked for a {asked}, but it is used as a {other}"))
     }
 
     fn lease_id(lease: &Lease) -> Result<u64, LockError> {
@@ -194,7 +199,8 @@ impl DistributedLock for MemoryLock {
         Capabilities::new(Duration::from_millis(10), Duration::from_secs(24 * 3600))
             .with_fifo(true)
             .with_shared_across_processes(false)
-            .with_modes(LockMode::ALL)
+            .with_modes(LockMode::WITH_SEMAPHORE)
+            .with_values(true)
     }
 
     async fn acquire(
@@ -209,6 +215,7 @@ impl DistributedLock for MemoryLock {
         let lease_id = contender.lease_id;
         let mut delivery = match self.store.enqueue(key, contender.clone()) {
             Enqueued::Granted(grant) => return Ok(Self::lease(key, contender, grant)),
+            Enqueued::Conflict(other) => return Err(Self::conflict(key, contender.mode, other)),
             Enqueued::Waiting(delivery) => delivery,
         };
         let mut withdrawal = Withdrawal { store: &self.store, key, lease_id, armed: true };
@@ -237,7 +244,10 @@ impl DistributedLock for MemoryLock {
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
         self.send(Some(key)).await?;
         let contender = self.contender(options);
-        Ok(self.store.try_grant(key, contender.clone()).map(|grant| Self::lease(key, contender, grant)))
+        match self.store.try_grant(key, contender.clone()) {
+            Ok(grant) => Ok(grant.map(|grant| Self::lease(key, contender, grant))),
+            Err(other) => Err(Self::conflict(key, contender.mode, other)),
+        }
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
@@ -267,6 +277,15 @@ impl DistributedLock for MemoryLock {
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
         self.send(Some(key)).await?;
         Ok(self.store.holders(key).into_iter().next())
+    }
+
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        let lease_id = Self::lease_id(lease)?;
+        if lease.is_released() {
+            return Err(Self::gone(lease));
+        }
+        self.send(Some(lease.key())).await?;
+        if self.store.proclaim(lease.key(), lease_id, value) { Ok(()) } else { Err(Self::gone(lease)) }
     }
 
     async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {

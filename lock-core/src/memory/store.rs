@@ -27,11 +27,14 @@ pub(super) struct Contender {
     pub(super) owner: String,
     pub(super) ttl: Duration,
     pub(super) mode: LockMode,
+    pub(super) value: Option<String>,
     pub(super) loss: LossSignal,
 }
 
 /// The outcome of asking for a key.
 pub(super) enum Enqueued {
+    /// A semaphore of another limit holds or waits for the key.
+    Conflict(LockMode),
     Granted(Grant),
     Waiting(oneshot::Receiver<Delivery>),
 }
@@ -168,12 +171,17 @@ impl MemoryStore {
     }
 
     /// Grants `key` when it is free and nobody queues for it.
-    pub(super) fn try_grant(&self, key: &LockKey, contender: Contender) -> Option<Grant> {
+    /// The grant when the key admits the contender now; `Err` with the
+    /// other limit when a semaphore of another limit uses the key.
+    pub(super) fn try_grant(&self, key: &LockKey, contender: Contender) -> Result<Option<Grant>, LockMode> {
         let mut state = self.lock();
         let now = Instant::now();
         state.settle(key, now);
+        if let Some(other) = state.keys.get(key).and_then(|entry| entry.conflicting_limit(contender.mode)) {
+            return Err(other);
+        }
         let free = state.keys.get(key).is_none_or(|entry| entry.waiters.is_empty() && entry.admits(contender.mode));
-        free.then(|| state.grant(key, contender, now))
+        Ok(free.then(|| state.grant(key, contender, now)))
     }
 
     /// Grants `key` at once when possible, else queues the contender last.
@@ -182,6 +190,9 @@ impl MemoryStore {
         let now = Instant::now();
         state.settle(key, now);
         let entry = state.keys.entry(key.clone()).or_default();
+        if let Some(other) = entry.conflicting_limit(contender.mode) {
+            return Enqueued::Conflict(other);
+        }
         if entry.waiters.is_empty() && entry.admits(contender.mode) {
             return Enqueued::Granted(state.grant(key, contender, now));
         }
@@ -213,6 +224,23 @@ impl MemoryStore {
     }
 
     /// Extends the holder's expiry; false when `lease_id` does not hold `key`.
+    /// Replaces the value a holder publishes; false if it no longer holds.
+    pub(super) fn proclaim(&self, key: &LockKey, lease_id: u64, value: &str) -> bool {
+        let mut state = self.lock();
+        state.settle(key, Instant::now());
+        let holder = state
+            .keys
+            .get_mut(key)
+            .and_then(|entry| entry.holders.iter_mut().find(|holder| holder.contender.lease_id == lease_id));
+        match holder {
+            Some(holder) => {
+                holder.contender.value = Some(value.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn renew(&self, key: &LockKey, lease_id: u64) -> bool {
         let mut state = self.lock();
         let now = Instant::now();
@@ -253,9 +281,13 @@ impl MemoryStore {
             .holders
             .iter()
             .map(|holder| {
-                LockInfo::new(holder.contender.owner.clone(), holder.token)
+                let info = LockInfo::new(holder.contender.owner.clone(), holder.token)
                     .with_held_since(holder.since)
-                    .with_mode(holder.contender.mode)
+                    .with_mode(holder.contender.mode);
+                match &holder.contender.value {
+                    Some(value) => info.with_value(value.clone()),
+                    None => info,
+                }
             })
             .collect();
         holders.sort_by_key(|info| info.token);
@@ -270,7 +302,16 @@ impl KeyState {
 
     /// Whether a contender in `mode` may hold the key beside its holders.
     fn admits(&self, mode: LockMode) -> bool {
-        self.holders.iter().all(|holder| holder.contender.mode.shares_with(mode))
+        let room = mode.limit().is_none_or(|limit| self.holders.len() < limit as usize);
+        room && self.holders.iter().all(|holder| holder.contender.mode.shares_with(mode))
+    }
+
+    /// A semaphore of another limit among the holders and waiters, if any.
+    fn conflicting_limit(&self, mode: LockMode) -> Option<LockMode> {
+        let LockMode::Semaphore { .. } = mode else { return None };
+        let holders = self.holders.iter().map(|holder| holder.contender.mode);
+        let waiters = self.waiters.iter().map(|(waiter, _)| waiter.mode);
+        holders.chain(waiters).find(|other| matches!(other, LockMode::Semaphore { .. }) && *other != mode)
     }
 }
 
