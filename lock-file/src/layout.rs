@@ -38,6 +38,11 @@ pub(crate) fn reader_prefix(key: &LockKey) -> String {
     format!("{}.", file_stem(key))
 }
 
+/// Place `index` of the key's semaphore (see `slots.rs`).
+pub(crate) fn slot_path(dir: &Path, key: &LockKey, index: u32) -> PathBuf {
+    dir.join(format!("{}.slot{index}", file_stem(key)))
+}
+
 /// What every reader record's name ends with.
 pub(crate) const READER_SUFFIX: &str = ".reader";
 

@@ -18,6 +18,16 @@
 //! preference; the key's gate file `{name}.gate` adds it: a writer waiting
 //! for the lock file marks the gate, and readers wait while it is marked.
 //!
+//! # Semaphores and leader election
+//!
+//! A semaphore of limit `n` holds the lock file shared (so a mutex or writer
+//! of the key excludes it) and one of the place files `{name}.slot0` ..
+//! `{name}.slot{n-1}` exclusively; holders record themselves with the limit
+//! as readers do, so a contender of another limit is refused with
+//! `LockError::Conflict`. A leader's published value is one more line of the
+//! lock file's record (`=value`, with `%`, line feeds and carriage returns
+//! as `%XX`), rewritten in place by `proclaim`; observers poll it.
+//!
 //! # Loss
 //!
 //! A lock is held while its holder keeps the lock file open and locked, and
@@ -71,6 +81,7 @@ mod lock;
 mod monitor;
 mod readers;
 mod record;
+mod slots;
 mod take;
 
 pub use lock::FileLock;

@@ -18,6 +18,7 @@ use crate::counter::TokenCounter;
 use crate::held::{Held, OpenLock, Session, Slot, lock};
 use crate::layout::{gate_path, lock_path};
 use crate::monitor::{BACKSTOP, Monitor, Watched};
+use crate::record::Record;
 use crate::take::{Attempt, BACKEND, Grant, Target, holders, unavailable, watch_frees};
 
 /// Locks on one machine with no server: one file per key in a directory,
@@ -107,6 +108,7 @@ impl FileLock {
             path: lock_path(&self.dir, key),
             owner: options.owner_value().to_owned(),
             mode: options.mode_value(),
+            value: options.value_value().map(str::to_owned),
             dir: self.dir.clone(),
             tokens: self.tokens.clone(),
         })
@@ -170,7 +172,8 @@ impl DistributedLock for FileLock {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(Duration::from_millis(1), Duration::from_secs(365 * 24 * 3600))
             .with_expires(false)
-            .with_modes(LockMode::ALL)
+            .with_modes(LockMode::WITH_SEMAPHORE)
+            .with_values(true)
     }
 
     async fn acquire(
@@ -313,6 +316,38 @@ impl DistributedLock for FileLock {
                 Ok(())
             }
         }
+    }
+
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        let held = Self::held(lease)?;
+        Self::ensure_held(lease, held)?;
+        if lease.mode().is_shared() {
+            return Err(LockError::InvalidOptions {
+                backend: BACKEND,
+                message: format!("a {} holder shares the key and publishes no value", lease.mode()),
+            });
+        }
+        let file = match &*held.slot() {
+            Slot::Open(open) => open.file.try_clone().map_err(|e| unavailable(Some(lease.key()), &self.dir, e))?,
+            _ => return Self::ensure_held(lease, held),
+        };
+        let (watched, value, path) = (Arc::clone(&held.watched), value.to_owned(), lock_path(&self.dir, lease.key()));
+        let still_ours = blocking(lease.key(), move || {
+            if !watched.is_at_path() {
+                return Ok(false);
+            }
+            let on_file = |e: std::io::Error| LockError::backend(BACKEND, None, format!("{}: {e}", path.display()));
+            let mut record = Record::read(&file).map_err(on_file)?;
+            record.value = Some(value);
+            record.write(&file).map_err(on_file)?;
+            Ok(true)
+        })
+        .await?;
+        if !still_ours {
+            held.watched.revoke();
+            return Err(LockError::lost(BACKEND, lease.key(), LostReason::Revoked));
+        }
+        Self::ensure_held(lease, held)
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {

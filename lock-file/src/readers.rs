@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use lock_core::{LockInfo, LockKey, LockMode};
+use lock_core::{LockInfo, LockKey};
 
 use crate::layout::{READER_SUFFIX, reader_path, reader_prefix};
 use crate::record::Record;
@@ -18,11 +18,13 @@ use crate::record::Record;
 pub(crate) struct ReaderRecord {
     path: PathBuf,
     _file: File,
+    /// A semaphore holder's place (see `slots.rs`), held while it holds.
+    _slot: Option<File>,
 }
 
 impl ReaderRecord {
     /// Creates the record of `record`'s grant of `key` in `dir`.
-    pub(crate) fn create(dir: &Path, key: &LockKey, record: &Record) -> std::io::Result<Self> {
+    pub(crate) fn create(dir: &Path, key: &LockKey, record: &Record, slot: Option<File>) -> std::io::Result<Self> {
         let path = reader_path(dir, key, record.token);
         let writing = path.with_extension("reader-tmp");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&writing)?;
@@ -38,7 +40,7 @@ impl ReaderRecord {
             let _ = std::fs::remove_file(&writing);
             return Err(error);
         }
-        Ok(Self { path, _file: file })
+        Ok(Self { path, _file: file, _slot: slot })
     }
 }
 
@@ -66,12 +68,7 @@ pub(crate) fn live_readers(dir: &Path, key: &LockKey) -> std::io::Result<Vec<Loc
         let Ok(file) = File::open(entry.path()) else { continue };
         match file.try_lock_shared() {
             Err(TryLockError::WouldBlock) => {
-                let record = Record::read(&file)?;
-                let info = LockInfo::new(record.owner.clone(), record.fencing_token()).with_mode(LockMode::Read);
-                readers.push(match record.held_since() {
-                    Some(since) => info.with_held_since(since),
-                    None => info,
-                });
+                readers.push(Record::read(&file)?.info());
             }
             Ok(()) => {
                 let _ = std::fs::remove_file(entry.path());
@@ -85,6 +82,8 @@ pub(crate) fn live_readers(dir: &Path, key: &LockKey) -> std::io::Result<Vec<Loc
 
 #[cfg(test)]
 mod tests {
+    use lock_core::LockMode;
+
     use super::*;
 
     fn key() -> LockKey {
@@ -92,15 +91,22 @@ mod tests {
     }
 
     fn record(token: u64) -> Record {
-        Record { token, owner: format!("reader-{token}"), key: "objects/a".into(), since: 1, mode: LockMode::Read }
+        Record {
+            token,
+            owner: format!("reader-{token}"),
+            key: "objects/a".into(),
+            since: 1,
+            mode: LockMode::Read,
+            value: None,
+        }
     }
 
     #[test]
     fn live_records_are_listed_in_token_order_and_a_dead_readers_record_is_removed() {
         let dir = std::env::temp_dir().join(format!("lock-file-readers-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let second = ReaderRecord::create(&dir, &key(), &record(9)).unwrap_or_else(|e| panic!("{e}"));
-        let first = ReaderRecord::create(&dir, &key(), &record(4)).unwrap_or_else(|e| panic!("{e}"));
+        let second = ReaderRecord::create(&dir, &key(), &record(9), None).unwrap_or_else(|e| panic!("{e}"));
+        let first = ReaderRecord::create(&dir, &key(), &record(4), None).unwrap_or_else(|e| panic!("{e}"));
         // A reader that died: its record is in place but nobody locks it.
         let dead = reader_path(&dir, &key(), 7);
         std::fs::write(&dead, "7\ndead\nobjects/a\n1\nread\n").unwrap_or_else(|e| panic!("{e}"));

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use lock_core::{FencingToken, LockMode};
+use lock_core::{FencingToken, LockInfo, LockMode};
 
 /// The parsed contents of a lock file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub(crate) struct Record {
     /// `write` for the write side of a reader/writer lock; absent (the
     /// records of earlier versions) for the mutex.
     pub(crate) mode: LockMode,
+    /// The value the holder publishes (leader election), if any.
+    pub(crate) value: Option<String>,
 }
 
 impl Record {
@@ -39,9 +41,15 @@ impl Record {
         let mode = match lines.next().map(str::trim) {
             Some("write") => LockMode::Write,
             Some("read") => LockMode::Read,
-            _ => LockMode::Exclusive,
+            Some(other) => other
+                .strip_prefix("semaphore ")
+                .and_then(|limit| limit.parse().ok())
+                .and_then(LockMode::semaphore)
+                .unwrap_or(LockMode::Exclusive),
+            None => LockMode::Exclusive,
         };
-        Ok(Self { token, owner, key, since, mode })
+        let value = lines.next().and_then(|line| line.strip_prefix('=')).map(unescape);
+        Ok(Self { token, owner, key, since, mode, value })
     }
 
     /// Writes this record over the file's contents.
@@ -50,8 +58,13 @@ impl Record {
     /// record. Not flushed to disk: the token was made durable by the counter
     /// before this is written, and the rest only informs `inspect`.
     pub(crate) fn write(&self, file: &File) -> std::io::Result<()> {
-        let mode = if self.mode == LockMode::Exclusive { "" } else { self.mode.name() };
-        let text = format!("{}\n{}\n{}\n{}\n{mode}\n", self.token, self.owner, self.key, self.since);
+        let mode = match self.mode {
+            LockMode::Semaphore { limit } => format!("semaphore {limit}"),
+            LockMode::Exclusive => String::new(),
+            other => other.name().to_owned(),
+        };
+        let value = self.value.as_deref().map(|value| format!("={}\n", escape(value))).unwrap_or_default();
+        let text = format!("{}\n{}\n{}\n{}\n{mode}\n{value}", self.token, self.owner, self.key, self.since);
         file.write_all_at(text.as_bytes(), 0)?;
         file.set_len(text.len() as u64)
     }
@@ -61,6 +74,18 @@ impl Record {
     }
 
     /// When the holder was granted the lock.
+    /// What `holders` reports of this grant.
+    pub(crate) fn info(&self) -> LockInfo {
+        let mut info = LockInfo::new(self.owner.clone(), self.fencing_token()).with_mode(self.mode);
+        if let Some(since) = self.held_since() {
+            info = info.with_held_since(since);
+        }
+        match &self.value {
+            Some(value) => info.with_value(value.clone()),
+            None => info,
+        }
+    }
+
     pub(crate) fn held_since(&self) -> Option<std::time::SystemTime> {
         (self.since > 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.since))
     }
@@ -69,6 +94,15 @@ impl Record {
     pub(crate) fn now() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
+}
+
+/// A value on one line: `%`, line feeds and carriage returns as `%XX`.
+fn escape(value: &str) -> String {
+    value.replace('%', "%25").replace('\n', "%0A").replace('\r', "%0D")
+}
+
+fn unescape(line: &str) -> String {
+    line.replace("%0A", "\n").replace("%0D", "\r").replace("%25", "%")
 }
 
 #[cfg(test)]
@@ -91,8 +125,16 @@ mod tests {
             key: "k".into(),
             since: 99,
             mode: LockMode::Exclusive,
+            value: None,
         };
-        let short = Record { token: 7, owner: "b".into(), key: "k".into(), since: 1, mode: LockMode::Write };
+        let short = Record {
+            token: 7,
+            owner: "b".into(),
+            key: "k".into(),
+            since: 1,
+            mode: LockMode::Semaphore { limit: std::num::NonZeroU32::MIN.saturating_add(2) },
+            value: Some("10.0.0.1:80\n100% {\"a\":1}".into()),
+        };
         long.write(&file).unwrap_or_else(|e| panic!("{e}"));
         short.write(&file).unwrap_or_else(|e| panic!("{e}"));
         let read = Record::read(&file).unwrap_or_else(|e| panic!("{e}"));

@@ -41,6 +41,7 @@ pub(crate) struct Target {
     pub(crate) path: PathBuf,
     pub(crate) owner: String,
     pub(crate) mode: LockMode,
+    pub(crate) value: Option<String>,
     pub(crate) dir: PathBuf,
     pub(crate) tokens: TokenCounter,
 }
@@ -72,7 +73,17 @@ impl Target {
     pub(crate) fn attempt(&self, file: File) -> Result<Attempt, LockError> {
         let locked = if self.mode.is_shared() { file.try_lock_shared() } else { file.try_lock() };
         match locked {
-            Ok(()) if same_file(&file, &self.path) => self.grant(file).map(Attempt::Granted),
+            Ok(()) if same_file(&file, &self.path) => match self.mode {
+                LockMode::Semaphore { limit } => match crate::slots::take_unless_shared_otherwise(self, limit)? {
+                    Some(slot) => self.grant(file, Some(slot)).map(Attempt::Granted),
+                    None => {
+                        // Every place is taken: wait without holding anything.
+                        let _ = file.unlock();
+                        Ok(Attempt::Busy(file))
+                    }
+                },
+                _ => self.grant(file, None).map(Attempt::Granted),
+            },
             // Dropping the file unlocks it.
             Ok(()) => Ok(Attempt::Replaced),
             // A holder of a deleted file keeps it locked; waiting on it would
@@ -85,7 +96,7 @@ impl Target {
 
     /// Issues the token (durably, before anyone sees it) and writes the
     /// record. On error the file is dropped, which unlocks it.
-    fn grant(&self, file: File) -> Result<Grant, LockError> {
+    fn grant(&self, file: File, slot: Option<File>) -> Result<Grant, LockError> {
         let failed = |error: String| LockError::backend(BACKEND, Some(&self.key), error);
         let on_file = |e: std::io::Error| failed(format!("{}: {e}", self.path.display()));
         let id = FileId::of(&file).map_err(on_file)?;
@@ -100,11 +111,17 @@ impl Target {
             key: self.key.as_str().to_owned(),
             since: Record::now(),
             mode: self.mode,
+            value: self.value.clone(),
         };
         if self.mode.is_shared() {
-            // Readers hold the file at once: each records itself beside it,
-            // and the file keeps the latest exclusive grant's record.
-            let reader = ReaderRecord::create(&self.dir, &self.key, &record).map_err(on_file)?;
+            // Readers and semaphore holders hold the file at once: each
+            // records itself beside it, and the file keeps the latest
+            // exclusive grant's record.
+            crate::slots::refuse_other_sharers(&self.dir, &self.key, self.mode)?;
+            let reader = ReaderRecord::create(&self.dir, &self.key, &record, slot).map_err(on_file)?;
+            // Two contenders of different limits that both looked before
+            // either had recorded itself: the later one sees the other now.
+            crate::slots::refuse_other_sharers(&self.dir, &self.key, self.mode)?;
             return Ok(Grant { file, id, record, reader: Some(reader) });
         }
         record.write(&file).map_err(on_file)?;
@@ -126,11 +143,7 @@ pub(crate) fn holders(dir: &Path, key: &LockKey, path: &Path) -> Result<Vec<Lock
         Ok(()) => live_readers(dir, key).map_err(|e| unavailable(Some(key), dir, e)),
         Err(TryLockError::WouldBlock) => {
             let record = Record::read(&file).map_err(|e| unavailable(Some(key), path, e))?;
-            let info = LockInfo::new(record.owner.clone(), record.fencing_token()).with_mode(record.mode);
-            Ok(vec![match record.held_since() {
-                Some(since) => info.with_held_since(since),
-                None => info,
-            }])
+            Ok(vec![record.info()])
         }
         Err(TryLockError::Error(e)) => Err(unavailable(Some(key), path, e)),
     }
