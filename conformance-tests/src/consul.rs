@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_consul::{ConsulConfig, ConsulLock, native_lock_key, native_prefix};
+use lock_consul::{ConsulConfig, ConsulLock, native_lock_prefix, native_prefix};
 use lock_core::{LockError, LockKey, Locks};
 use rs_consul::{Consul, DeleteKeyRequest, ReadKeyRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +31,10 @@ pub struct ConsulHarness {
     admin: OnceCell<Arc<Consul>>,
     holder_binary: Option<PathBuf>,
     black_holes: BlackHoles,
+    /// Every client's proxy, kept as long as the harness: a client's
+    /// `Locks` may outlive its `TestClient` (a case that moves only the
+    /// `Locks` into a task), and must not lose its connection path then.
+    proxies: std::sync::Mutex<Vec<Arc<StallProxy>>>,
 }
 
 impl std::fmt::Debug for ConsulHarness {
@@ -53,6 +57,7 @@ impl ConsulHarness {
             admin: OnceCell::new(),
             holder_binary: None,
             black_holes: BlackHoles::default(),
+            proxies: std::sync::Mutex::default(),
         }
     }
 
@@ -135,7 +140,7 @@ pub async fn admin_request(agent: SocketAddr, method: &str, path: &str) -> Resul
 
 struct ConsulControl {
     lock: Arc<ConsulLock>,
-    proxy: StallProxy,
+    proxy: Arc<StallProxy>,
     agent: SocketAddr,
 }
 
@@ -166,18 +171,43 @@ impl Harness for ConsulHarness {
     async fn client(&self) -> TestClient {
         self.admin().await;
         let proxy = StallProxy::start(self.upstream()).await.unwrap_or_else(|e| panic!("cannot start a proxy: {e}"));
+        let proxy = Arc::new(proxy);
+        self.proxies.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&proxy));
         let lock = ConsulLock::connect(self.config(&format!("http://{}", proxy.address()))).await;
         let lock = Arc::new(lock.unwrap_or_else(|e| panic!("cannot connect: {e}")));
         let locks = Locks::from_backend(Arc::clone(&lock) as _);
         TestClient { locks, control: Box::new(ConsulControl { lock, proxy, agent: self.upstream() }) }
     }
 
+    /// Deletes the lock key (`.lock`) of a mutex, or every contender key of a
+    /// reader/writer lock (whose `.lock` is its gate, not a holder).
     async fn break_lock(&self, key: &LockKey) {
-        let kv_key = native_lock_key(PREFIX, key).replace('%', "%25");
-        let deleted = self.admin().await.delete_key(DeleteKeyRequest { key: &kv_key, ..Default::default() }).await;
-        assert!(matches!(deleted, Ok(true)), "cannot delete the lock key of {key}: {deleted:?}");
+        let lock_prefix = native_lock_prefix(PREFIX, key.as_str());
+        let gate = format!("{lock_prefix}/.lock");
+        let request = ReadKeyRequest { key: &lock_prefix.replace('%', "%25"), recurse: true, ..Default::default() };
+        let found = self.admin().await.read_key(request).await.map(|found| found.response).unwrap_or_default();
+        let rw_gate = found.iter().any(|entry| entry.key == gate && entry.flags == lock_consul::RW_FLAG);
+        let doomed: Vec<String> = if rw_gate {
+            found
+                .iter()
+                .filter(|entry| entry.flags == lock_consul::RW_FLAG && entry.key != gate)
+                .filter(|entry| {
+                    entry.key.strip_prefix(&format!("{lock_prefix}/")).is_some_and(|name| !name.contains('/'))
+                })
+                .map(|entry| entry.key.clone())
+                .collect()
+        } else {
+            vec![gate]
+        };
+        for kv_key in doomed {
+            let kv_key = kv_key.replace('%', "%25");
+            let deleted = self.admin().await.delete_key(DeleteKeyRequest { key: &kv_key, ..Default::default() }).await;
+            assert!(matches!(deleted, Ok(true)), "cannot delete the lock key {kv_key} of {key}: {deleted:?}");
+        }
     }
 
+    /// Counts every key under the prefix: plain lock keys, and a
+    /// reader/writer lock's contender keys and its gate.
     async fn leftover(&self, prefix: &str) -> usize {
         let kv_prefix = native_prefix(PREFIX, prefix).replace('%', "%25");
         let request = ReadKeyRequest { key: &kv_prefix, recurse: true, ..Default::default() };

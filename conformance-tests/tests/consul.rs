@@ -6,3 +6,8 @@ conformance_tests::conformance_suite!(
     consul,
     conformance_tests::consul::ConsulHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
 );
+
+conformance_tests::reader_writer_suite!(
+    consul_rw,
+    conformance_tests::consul::ConsulHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);

@@ -1,5 +1,6 @@
 //! Consul-specific behaviour, against a real Consul agent: loss reported
-//! within a second, and mutual exclusion with Consul's own `consul lock`.
+//! within a second, and mutual exclusion with Consul's own `consul lock`,
+//! for the mutex and for reader/writer locks.
 #![cfg(feature = "consul")]
 
 use std::time::Duration;
@@ -7,7 +8,8 @@ use std::time::Duration;
 use conformance_tests::consul::{ConsulHarness, PREFIX};
 use conformance_tests::process::NativeCommand;
 use conformance_tests::{Harness, Namespace, cases};
-use lock_core::LostReason;
+use lock_consul::RW_FLAG;
+use lock_core::{LockMode, LostReason};
 use tokio::time::{Instant, timeout};
 
 fn harness() -> ConsulHarness {
@@ -257,4 +259,284 @@ async fn consul_lock_waits_while_distlock_holds() {
     assert_eq!(line.as_deref(), Some("acquired"), "consul lock did not get the lock after release");
     let status = timeout(Duration::from_secs(10), native.child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed: {status:?}");
+}
+
+/// The keys under a lock's prefix (its `.lock` and, for a reader/writer
+/// lock, its contender keys), as `(key, flags, session)`.
+async fn keys_of(h: &ConsulHarness, lock_prefix: &str) -> Vec<(String, u64, Option<String>)> {
+    let tree = format!("{lock_prefix}/").replace('%', "%25");
+    let request = rs_consul::ReadKeyRequest { key: &tree, recurse: true, ..Default::default() };
+    match h.admin().await.read_key(request).await {
+        Ok(found) => {
+            found.response.into_iter().map(|e| (e.key, e.flags, e.session.filter(|s| !s.is_empty()))).collect()
+        }
+        Err(rs_consul::ConsulError::UnexpectedResponseCode(status, _)) if status.as_u16() == 404 => Vec::new(),
+        Err(error) => panic!("cannot read {tree}: {error}"),
+    }
+}
+
+/// Waits (by reading the keys, as no event tells) until `check` holds for
+/// the lock's keys, failing with `what` after 10 s.
+async fn await_keys(
+    h: &ConsulHarness,
+    lock_prefix: &str,
+    what: &str,
+    check: impl Fn(&[(String, u64, Option<String>)]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = keys_of(h, lock_prefix).await;
+        if check(&keys) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: the keys are {keys:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `.lock` is the gate of a reader/writer lock, locked by a session.
+fn gate_locked(keys: &[(String, u64, Option<String>)]) -> bool {
+    keys.iter().any(|(key, flags, session)| key.ends_with("/.lock") && *flags == RW_FLAG && session.is_some())
+}
+
+/// Runs `consul lock [options] PREFIX` and asserts it gives up without
+/// running its command.
+async fn assert_consul_lock_refused(h: &ConsulHarness, options: &[&str], prefix: &str, why: &str) {
+    let mut refused = consul_lock(h, options, prefix, "echo wrongly-ran");
+    let status = timeout(Duration::from_secs(20), refused.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if !s.success()), "consul lock {options:?} was not refused ({why}): {status:?}");
+    assert_eq!(refused.next_line().await, None, "consul lock {options:?} ran its command while {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_lock_is_refused_while_readers_or_a_writer_hold() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("shared with readers");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let (first, second) = (h.client().await, h.client().await);
+    let readers = [
+        first.locks.read_lock(key.as_str()).try_acquire().await.ok().flatten(),
+        second.locks.read_lock(key.as_str()).try_acquire().await.ok().flatten(),
+    ];
+    let [Some(reader), Some(other_reader)] = readers else { panic!("two readers could not share a free key") };
+    for options in [&[][..], &["-n", "2"]] {
+        assert_consul_lock_refused(&h, options, &prefix, "two readers hold the prefix").await;
+    }
+    assert!(reader.release().await.is_ok() && other_reader.release().await.is_ok());
+    let writer = first.locks.write_lock(key.as_str()).try_acquire().await.ok().flatten();
+    let writer = writer.unwrap_or_else(|| panic!("the writer could not take the key after the readers"));
+    for options in [&[][..], &["-n", "2"]] {
+        assert_consul_lock_refused(&h, options, &prefix, "a writer holds the prefix").await;
+    }
+    assert!(!writer.is_lost(), "a refused consul lock disturbed the writer");
+    assert!(writer.release().await.is_ok());
+    // `consul lock -n` leaves its contender key behind until its session
+    // expires (Consul's semaphore does not delete it when refused); end
+    // those sessions so the prefix is checked clean now.
+    for (_, flags, session) in keys_of(&h, &prefix).await {
+        if let Some(session) = session.filter(|_| flags != RW_FLAG) {
+            h.destroy_session(&session).await;
+        }
+    }
+    await_keys(&h, &prefix, "nothing left after the last reader and writer", <[_]>::is_empty).await;
+    let mut native = consul_lock(&h, &[], &prefix, "echo acquired");
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("acquired"), "consul lock could not take the prefix once the readers had gone");
+    let status = timeout(Duration::from_secs(10), native.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_wait_while_consul_lock_holds_and_leave_it_its_clean_up() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("held by consul lock");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let client = h.client().await;
+    let mut native = consul_lock(&h, &[], &prefix, "echo held; sleep 2; date +%s%N");
+    let line = timeout(Duration::from_secs(10), native.next_line()).await.ok().flatten();
+    assert_eq!(line.as_deref(), Some("held"), "consul lock did not take the lock");
+    let attempt = client.locks.read_lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "a reader got in beside consul lock: {attempt:?}");
+    let guard = client.locks.read_lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await;
+    let guard = guard.unwrap_or_else(|e| panic!("the reader never got the lock after consul lock: {e}"));
+    let granted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).ok();
+    let finished_at = timeout(Duration::from_secs(5), native.next_line()).await.ok().flatten();
+    let finished_at = finished_at.and_then(|line| line.parse::<u128>().ok());
+    assert!(
+        matches!((finished_at, granted_at), (Some(finished), Some(granted)) if finished <= granted),
+        "the reader was granted while consul lock's command still ran ({finished_at:?} vs {granted_at:?})"
+    );
+    // consul lock deletes its key after releasing it; a reader taking the
+    // prefix over in between would make that clean-up, and the command, fail.
+    let status = timeout(Duration::from_secs(10), native.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "consul lock failed its clean-up: {status:?}");
+    assert!(guard.release().await.is_ok());
+    await_keys(&h, &prefix, "nothing left after the reader", <[_]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutex_and_reader_writer_locks_on_one_key_exclude_each_other() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("mutex and readers");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let (mutex_client, reader_client, late) = (h.client().await, h.client().await, h.client().await);
+    let mutex = mutex_client.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let mutex = mutex.unwrap_or_else(|| panic!("could not take a free key"));
+    for mode in [LockMode::Read, LockMode::Write] {
+        let attempt = reader_client.locks.lock(key.as_str()).mode(mode).try_acquire().await;
+        assert!(matches!(attempt, Ok(None)), "{mode} got in beside the mutex: {attempt:?}");
+    }
+    let reader = tokio::spawn({
+        let locks = reader_client.locks.clone();
+        let key = key.clone();
+        async move { locks.read_lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "a reader was granted while the mutex was held");
+    let mutex_token = mutex.token();
+    assert!(mutex.release().await.is_ok());
+    let reader = timeout(Duration::from_secs(5), reader).await.ok().and_then(Result::ok).and_then(Result::ok);
+    let reader = reader.unwrap_or_else(|| panic!("the reader was not granted after the mutex's release"));
+    assert!(reader.token() > mutex_token, "read token not above the mutex's");
+    // A mutex now queues behind the reader, and holds back later readers.
+    let attempt = mutex_client.locks.lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "the mutex got in beside a reader: {attempt:?}");
+    let queued = tokio::spawn({
+        let locks = mutex_client.locks.clone();
+        let key = key.clone();
+        async move { locks.lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempt = late.locks.read_lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "a reader passed the waiting mutex: {attempt:?}");
+    let reader_token = reader.token();
+    assert!(reader.release().await.is_ok());
+    let queued = timeout(Duration::from_secs(5), queued).await.ok().and_then(Result::ok).and_then(Result::ok);
+    let queued = queued.unwrap_or_else(|| panic!("the queued mutex was not granted after the reader's release"));
+    assert_eq!(queued.mode(), LockMode::Exclusive);
+    assert!(queued.token() > reader_token, "the queued mutex's token is not above the reader's");
+    let holders = late.locks.holders(key.as_str()).await.unwrap_or_else(|e| panic!("holders: {e}"));
+    assert_eq!(holders.iter().map(|i| (i.token, i.mode)).collect::<Vec<_>>(), [(queued.token(), LockMode::Exclusive)]);
+    let attempt = late.locks.read_lock(key.as_str()).try_acquire().await;
+    assert!(matches!(attempt, Ok(None)), "a reader got in beside the queued mutex: {attempt:?}");
+    assert_consul_lock_refused(&h, &["-timeout=1s"], &prefix, "a mutex holds the prefix in line").await;
+    assert!(queued.release().await.is_ok());
+    await_keys(&h, &prefix, "nothing left after the mutex", <[_]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_behind_a_plain_lock_goes_before_later_readers() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("writer first");
+    let (holder, writer_client, reader_client) = (h.client().await, h.client().await, h.client().await);
+    let mutex = holder.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+    let mutex = mutex.unwrap_or_else(|| panic!("could not take a free key"));
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = tokio::spawn({
+        let (locks, key, order) = (writer_client.locks.clone(), key.clone(), std::sync::Arc::clone(&order));
+        async move {
+            let guard = locks.write_lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await?;
+            order.lock().unwrap_or_else(|p| p.into_inner()).push(("writer", guard.token()));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            guard.release().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reader = tokio::spawn({
+        let (locks, key, order) = (reader_client.locks.clone(), key.clone(), std::sync::Arc::clone(&order));
+        async move {
+            let guard = locks.read_lock(key.as_str()).wait(Duration::from_secs(20)).acquire().await?;
+            order.lock().unwrap_or_else(|p| p.into_inner()).push(("reader", guard.token()));
+            guard.release().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(mutex.release().await.is_ok());
+    for (who, task) in [("writer", writer), ("reader", reader)] {
+        let outcome = timeout(Duration::from_secs(10), task).await;
+        assert!(matches!(outcome, Ok(Ok(Ok(())))), "the {who}: {outcome:?}");
+    }
+    let order = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(order.iter().map(|(who, _)| *who).collect::<Vec<_>>(), ["writer", "reader"], "{order:?}");
+    assert!(order[1].1 > order[0].1, "the reader's token does not follow the writer's: {order:?}");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    await_keys(&h, &prefix, "nothing left after the writer and the reader", <[_]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_goes_with_the_last_contender_also_when_sessions_are_destroyed() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("destroyed readers");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let (first, second) = (h.client().await, h.client().await);
+    let gate_holder = first.locks.read_lock(key.as_str()).try_acquire().await.ok().flatten();
+    let survivor = second.locks.read_lock(key.as_str()).try_acquire().await.ok().flatten();
+    let (Some(gate_holder), Some(survivor)) = (gate_holder, survivor) else { panic!("two readers could not share") };
+    // The first reader's session locks the gate; destroying it deletes the
+    // gate with it, under a lock delay. The survivor writes it back at once
+    // and locks it once the delay has passed; consul lock, started in the
+    // gap, is refused by the lock delay and then by the gate.
+    first.control.end_session().await;
+    let mut refused = consul_lock(&h, &[], &prefix, "echo wrongly-ran");
+    let reason = timeout(Duration::from_secs(1), gate_holder.lost()).await;
+    assert_eq!(reason.ok(), Some(LostReason::SessionEnded), "the destroyed session's reader was not told");
+    await_keys(&h, &prefix, "the survivor's session locks the gate", gate_locked).await;
+    let status = timeout(Duration::from_secs(20), refused.child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if !s.success()), "consul lock was not refused in the gap: {status:?}");
+    assert_eq!(refused.next_line().await, None, "consul lock ran its command beside the surviving reader");
+    assert!(!survivor.is_lost(), "the surviving reader lost its lock with the other reader's session");
+    assert!(survivor.release().await.is_ok());
+    await_keys(&h, &prefix, "nothing left after the survivor", <[_]>::is_empty).await;
+    // The last contender's session destroyed from outside: its key and the
+    // gate go with it.
+    let alone = second.locks.write_lock(key.as_str()).wait(Duration::from_secs(10)).acquire().await;
+    let alone = alone.unwrap_or_else(|e| panic!("could not take the key again: {e}"));
+    second.control.end_session().await;
+    assert_eq!(timeout(Duration::from_secs(1), alone.lost()).await.ok(), Some(LostReason::SessionEnded));
+    await_keys(&h, &prefix, "nothing left after the last session was destroyed", <[_]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_replies_are_lost_leaves_no_orphan_key_or_gate() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("lost reader reply");
+    let client = h.client().await;
+    client.control.lose_replies().await;
+    let attempt = client.locks.read_lock(key.as_str()).try_acquire().await;
+    assert!(attempt.is_err(), "an acquisition whose replies were held back succeeded: {attempt:?}");
+    assert_eq!(h.leftover(ns.prefix()).await, 2, "the contender key and the gate did not reach Consul");
+    client.control.restore().await;
+    // The client knows its contender key by name and takes it out, with the gate.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.leftover(ns.prefix()).await != 0 {
+        assert!(Instant::now() < deadline, "the unanswered acquisition left its keys behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = h.client().await;
+    let next = other.locks.write_lock(key.as_str()).try_acquire().await;
+    assert!(matches!(&next, Ok(Some(_))), "the key was not free after the cleanup: {next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_key_is_deleted_from_outside_reports_lost_and_leaves_no_gate() {
+    let h = harness();
+    let ns = Namespace::new();
+    let key = ns.key("broken reader");
+    let prefix = lock_consul::native_lock_prefix(PREFIX, key.as_str());
+    let client = h.client().await;
+    let reader = client.locks.read_lock(key.as_str()).try_acquire().await.ok().flatten();
+    let reader = reader.unwrap_or_else(|| panic!("could not take a free key"));
+    h.break_lock(&key).await;
+    let reason = timeout(Duration::from_secs(1), reader.lost()).await;
+    assert_eq!(reason.ok(), Some(LostReason::Revoked), "the deletion was not reported within 1 s");
+    // Its client takes the orphaned gate out at once, so consul lock is not
+    // refused on a lock nobody holds.
+    await_keys(&h, &prefix, "the gate outlived its last contender", <[_]>::is_empty).await;
+    assert!(matches!(reader.release().await, Err(lock_core::LockError::Lost { .. })));
 }

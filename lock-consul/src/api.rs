@@ -67,6 +67,14 @@ pub enum ApiError {
     /// The TLS setup failed (CA file unreadable or invalid).
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// Keys kept changing under a check-and-set write; later may succeed.
+    #[error("{what}: the keys kept changing; gave up after {attempts} attempts")]
+    Contended {
+        /// The call.
+        what: &'static str,
+        /// How many writes were tried.
+        attempts: u32,
+    },
 }
 
 impl ApiError {
@@ -74,7 +82,7 @@ impl ApiError {
     /// such as "No cluster leader").
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Self::Transport { .. } | Self::TimedOut { .. } => true,
+            Self::Transport { .. } | Self::TimedOut { .. } | Self::Contended { .. } => true,
             Self::Status { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
             Self::Decode { .. } | Self::Tls(_) => false,
         }
@@ -91,6 +99,9 @@ pub(crate) struct KvEntry {
     pub(crate) value: Option<String>,
     #[serde(default)]
     pub(crate) session: Option<String>,
+    /// The raft index of the key's creation; immutable while it exists.
+    #[serde(default)]
+    pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
 
@@ -139,27 +150,59 @@ pub(crate) struct TxnKv {
 }
 
 impl TxnKv {
+    fn bare(verb: &'static str, key: &str) -> Self {
+        Self { verb, key: key.to_owned(), value: None, flags: None, index: None, session: None }
+    }
+
+    fn write(verb: &'static str, key: &str, value: &[u8], flags: u64) -> Self {
+        let value = Some(base64::engine::general_purpose::STANDARD.encode(value));
+        Self { value, flags: Some(flags), ..Self::bare(verb, key) }
+    }
+
     /// Fails the transaction when `key` exists.
     pub(crate) fn check_not_exists(key: &str) -> Self {
-        Self { verb: "check-not-exists", key: key.to_owned(), value: None, flags: None, index: None, session: None }
+        Self::bare("check-not-exists", key)
     }
 
     /// Fails the transaction unless `key`'s `ModifyIndex` is `index`.
     pub(crate) fn check_index(key: &str, index: u64) -> Self {
-        Self { verb: "check-index", key: key.to_owned(), value: None, flags: None, index: Some(index), session: None }
+        Self { index: Some(index), ..Self::bare("check-index", key) }
+    }
+
+    /// Fails the transaction unless `key` is locked by `session`.
+    pub(crate) fn check_session(key: &str, session: &str) -> Self {
+        Self { session: Some(session.to_owned()), ..Self::bare("check-session", key) }
     }
 
     /// Locks `key` with `session`, writing `value` and `flags`.
     pub(crate) fn lock(key: &str, value: &[u8], flags: u64, session: &str) -> Self {
-        let value = Some(base64::engine::general_purpose::STANDARD.encode(value));
-        Self {
-            verb: "lock",
-            key: key.to_owned(),
-            value,
-            flags: Some(flags),
-            index: None,
-            session: Some(session.to_owned()),
-        }
+        Self { session: Some(session.to_owned()), ..Self::write("lock", key, value, flags) }
+    }
+
+    /// Unlocks `key`, locked by `session`, writing `value` and `flags`.
+    pub(crate) fn unlock(key: &str, value: &[u8], flags: u64, session: &str) -> Self {
+        Self { session: Some(session.to_owned()), ..Self::write("unlock", key, value, flags) }
+    }
+
+    /// Writes `key` without touching its lock (a lock delay does not apply).
+    pub(crate) fn set(key: &str, value: &[u8], flags: u64) -> Self {
+        Self::write("set", key, value, flags)
+    }
+
+    /// Writes `key` if its `ModifyIndex` is still `index` (0: if absent),
+    /// keeping its lock.
+    pub(crate) fn cas(key: &str, value: &[u8], flags: u64, index: u64) -> Self {
+        Self { index: Some(index), ..Self::write("cas", key, value, flags) }
+    }
+
+    /// Deletes `key` if its `ModifyIndex` is still `index`.
+    pub(crate) fn delete_cas(key: &str, index: u64) -> Self {
+        Self { index: Some(index), ..Self::bare("delete-cas", key) }
+    }
+
+    /// Returns every key under `prefix`, as the transaction left them.
+    pub(crate) fn get_tree(prefix: &str) -> Self {
+        Self::bare("get-tree", prefix)
     }
 }
 
@@ -181,7 +224,7 @@ struct TxnReply {
 #[derive(Deserialize)]
 struct TxnResult {
     #[serde(rename = "KV")]
-    kv: Option<KvEntry>,
+    kv: Option<KeyedEntry>,
 }
 
 /// Why Consul rolled a transaction back.
@@ -197,9 +240,10 @@ pub(crate) struct TxnError {
 /// A transaction's outcome.
 #[derive(Debug)]
 pub(crate) enum TxnOutcome {
-    /// Applied; the entries of the operations that return one (writes and
-    /// index checks, not existence checks), in operation order.
-    Applied(Vec<Option<KvEntry>>),
+    /// Applied; the entries of the operations that return one (writes,
+    /// index and session checks, trees; not existence checks or deletes),
+    /// in operation order. Writes return no value.
+    Applied(Vec<KeyedEntry>),
     /// Rolled back.
     RolledBack(Vec<TxnError>),
 }
@@ -226,9 +270,10 @@ pub(crate) struct Api {
     short_requests: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-/// How many short requests one client has in flight at most. Consul limits
-/// the connections of one client address (200 by default), and each request
-/// in flight takes one.
+/// How many short requests one client has in flight at most, besides its
+/// session renewal (which never waits behind them). Consul limits the
+/// connections of one client address (200 by default), and each request in
+/// flight takes one.
 pub const MAX_CONCURRENT_REQUESTS: usize = 32;
 
 impl std::fmt::Debug for Api {
@@ -284,6 +329,22 @@ impl Api {
         body: Option<Vec<u8>>,
         limit: Duration,
     ) -> Result<Reply, ApiError> {
+        // A blocking query is bounded by its callers (waiters, watches).
+        let queued = limit <= self.request_timeout;
+        self.exchange(what, method, path, body, limit, queued).await
+    }
+
+    /// Sends one request; `queued` requests wait for one of the
+    /// [`MAX_CONCURRENT_REQUESTS`] places first.
+    async fn exchange(
+        &self,
+        what: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: Duration,
+        queued: bool,
+    ) -> Result<Reply, ApiError> {
         let mut uri = format!("{}{path}", self.address);
         if let Some(dc) = &self.datacenter {
             uri.push(if path.contains('?') { '&' } else { '?' });
@@ -299,13 +360,9 @@ impl Api {
             None => BoxBody::new(Empty::new()),
         };
         let request = request.body(body).map_err(|e| ApiError::Transport { what, source: e.into() })?;
-        let _permit = if limit > self.request_timeout {
-            None // a blocking query: bounded by its callers (waiters, watches)
-        } else {
-            self.short_requests.acquire().await.ok()
-        };
+        let _permit = if queued { self.short_requests.acquire().await.ok() } else { None };
         REQUESTS_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let exchange = async {
+        let round_trip = async {
             let response =
                 self.http.request(request).await.map_err(|e| ApiError::Transport { what, source: e.into() })?;
             let status = response.status();
@@ -318,7 +375,7 @@ impl Api {
                 response.into_body().collect().await.map_err(|e| ApiError::Transport { what, source: e.into() })?;
             Ok(Reply { status, index, body: body.to_bytes() })
         };
-        match timeout(limit, exchange).await {
+        match timeout(limit, round_trip).await {
             Ok(reply) => reply,
             Err(_) => Err(ApiError::TimedOut { what, limit }),
         }
@@ -361,7 +418,9 @@ impl Api {
     /// Renews a session: `false` when Consul no longer knows it.
     pub(crate) async fn renew_session(&self, id: &str) -> Result<bool, ApiError> {
         let path = format!("/v1/session/renew/{id}");
-        let reply = self.send("renew session", Method::PUT, &path, None, self.request_timeout).await?;
+        // Never behind a burst of lock writes: the renewal keeps every lock
+        // of the client, and a session has at most one in flight.
+        let reply = self.exchange("renew session", Method::PUT, &path, None, self.request_timeout, false).await?;
         match reply.status {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -450,7 +509,7 @@ impl Api {
         match reply.status {
             StatusCode::OK => {
                 let parsed: TxnReply = Self::decode("transaction", &reply.body)?;
-                Ok(TxnOutcome::Applied(parsed.results.unwrap_or_default().into_iter().map(|r| r.kv).collect()))
+                Ok(TxnOutcome::Applied(parsed.results.unwrap_or_default().into_iter().filter_map(|r| r.kv).collect()))
             }
             StatusCode::CONFLICT => {
                 let parsed: TxnReply = Self::decode("transaction", &reply.body)?;

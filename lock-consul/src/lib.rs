@@ -8,6 +8,11 @@
 //! maps to the Consul key (`consul lock PREFIX` uses `PREFIX/.lock`).
 //!
 //! * **Fenced** by the raft `ModifyIndex` of the acquiring write.
+//! * **Reader/writer locks** ([`LockMode::Read`](lock_core::LockMode::Read),
+//!   [`LockMode::Write`](lock_core::LockMode::Write)), which Consul lacks,
+//!   on contender keys beside the mutex's: `.lock` becomes their gate
+//!   (flags [`RW_FLAG`]), which `consul lock` refuses and a distlock mutex
+//!   queues behind.
 //! * **One session per client**, renewed in the background however many
 //!   locks it holds; its invalidation makes every guard report lost at once.
 //! * **Blocking queries** for waiting and for watching held keys.
@@ -27,11 +32,17 @@
 mod api;
 mod claims;
 mod config;
+mod contender;
 mod error;
+mod in_flight;
 mod layout;
 mod lock;
 mod monitor;
+mod reader_writer;
+mod rw_monitor;
+mod scene;
 mod session;
+mod waiting;
 
 pub use api::{ApiError, MAX_CONCURRENT_REQUESTS, requests_sent};
 pub use config::{
@@ -41,6 +52,7 @@ pub use config::{
 pub use layout::{NATIVE_LOCK_SUFFIX, native_lock_key, native_lock_prefix, native_prefix};
 pub use lock::{ConsulLock, LOCK_FLAG};
 pub use monitor::{MAX_BLOCKING_WAITS, MAX_KEY_WATCHES};
+pub use scene::RW_FLAG;
 
 /// The backend's name in errors and traces.
 pub const BACKEND: &str = "consul";

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions,
-    LostReason, SessionSlot,
+    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockMode,
+    LockOptions, LostReason, SessionSlot,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
@@ -15,8 +15,12 @@ use tracing::{debug, warn};
 
 use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT, TxnKv, TxnOutcome};
 use crate::claims::{Claim, Claims};
+use crate::in_flight::InFlight;
 use crate::monitor::{Held, Monitors};
+use crate::reader_writer::{ReaderWriter, RwGrant};
+use crate::scene::RW_FLAG;
 use crate::session::Session;
+use crate::waiting::pause_or_give_up;
 use crate::{BACKEND, ConsulConfig, error, native_lock_key};
 
 /// The `Flags` value `api.Lock` gives its lock keys (`LockFlagValue` in
@@ -44,6 +48,11 @@ pub const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
 ///   gets the lock. [`Capabilities::fifo`] says so.
 /// * **Cancel safe**: an acquisition dropped mid-flight finishes in the
 ///   background and gives back what it got.
+/// * **Reader/writer locks** in [`LockMode::Read`] and [`LockMode::Write`],
+///   on contender keys beside the lock key, which then becomes their gate
+///   (flags [`RW_FLAG`]): `consul lock` refuses the prefix
+///   meanwhile, and a mutex acquisition queues behind the readers and
+///   writers.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), lock_core::LockError> {
@@ -78,11 +87,11 @@ struct ConsulGrant {
 
 /// What the lock key's value records about the holder.
 #[derive(Debug, Serialize, Deserialize)]
-struct Holder {
+pub(crate) struct Holder {
     owner: String,
     /// Unique per attempt, so each acquiring write changes the key and gets
     /// a fresh `ModifyIndex`, and a cleanup recognises its own write.
-    attempt: String,
+    pub(crate) attempt: String,
     since_ms: u64,
 }
 
@@ -96,7 +105,7 @@ impl Holder {
         }
     }
 
-    fn parse(value: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(value: &[u8]) -> Option<Self> {
         serde_json::from_slice(value).ok()
     }
 }
@@ -111,6 +120,8 @@ struct Won {
 enum Step {
     /// Ours.
     Granted(Box<Won>),
+    /// The gate of a reader/writer lock: queue behind its readers and writers.
+    Queued,
     /// Held by another session; the entry and the index to block on.
     Held(u64),
     /// Free but refused for a while after its holder's session ended.
@@ -177,6 +188,9 @@ impl ConsulLock {
         seen: Option<&KvEntry>,
     ) -> Result<Step, LockError> {
         if let Some(entry) = seen {
+            if entry.flags == RW_FLAG {
+                return Ok(Step::Queued);
+            }
             if entry.flags != LOCK_FLAG {
                 return Err(not_a_lock(key, kv_key, entry.flags));
             }
@@ -195,7 +209,7 @@ impl ConsulLock {
         let in_flight =
             InFlight::start(self.api.clone(), kv_key.to_owned(), session.id.clone(), holder.attempt, operations);
         match in_flight.finish().await {
-            Ok(TxnOutcome::Applied(entries)) => match entries.into_iter().last().flatten() {
+            Ok(TxnOutcome::Applied(entries)) => match entries.into_iter().last().map(|keyed| keyed.entry) {
                 Some(entry) => Ok(Step::Granted(Box::new(Won { entry, sent }))),
                 None => Err(LockError::backend(BACKEND, Some(key), "the lock transaction returned no entry")),
             },
@@ -223,6 +237,7 @@ impl ConsulLock {
                 let (entry, _) =
                     self.api.read_key(kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
                 match &entry {
+                    Some(found) if found.flags == RW_FLAG => Ok(Step::Queued),
                     Some(found) if found.flags != LOCK_FLAG => Err(not_a_lock(key, kv_key, found.flags)),
                     Some(found) if session.held_by_other(found.holder()) => Ok(Step::Held(found.modify_index)),
                     _ => Ok(Step::Retry(entry)),
@@ -257,7 +272,11 @@ impl ConsulLock {
             };
             match read {
                 Ok((entry, next)) => {
-                    if !session.held_by_other(entry.as_ref().and_then(KvEntry::holder)) {
+                    // Free, ours, or no longer a plain lock (the gate of a
+                    // reader/writer lock): the next step decides.
+                    let native_held =
+                        entry.as_ref().is_some_and(|e| e.flags == LOCK_FLAG && session.held_by_other(e.holder()));
+                    if !native_held {
                         return Ok(entry);
                     }
                     index = next;
@@ -295,7 +314,9 @@ impl ConsulLock {
         loop {
             let free = snapshots.borrow_and_update().as_deref().is_some_and(|(read_at, entries)| {
                 *read_at > index
-                    && !session.held_by_other(entries.get(kv_key).and_then(|(holder, _)| holder.as_deref()))
+                    && entries
+                        .get(kv_key)
+                        .is_none_or(|seen| seen.flags != LOCK_FLAG || !session.held_by_other(seen.holder.as_deref()))
             });
             if free {
                 // Only a hint: the next step reads or writes the key itself.
@@ -335,7 +356,7 @@ impl ConsulLock {
         let ttl = session.ttl();
         // The lock lives as long as the session, whose TTL runs from its
         // last confirmed renewal, which may be older than the lock write.
-        let confirmed_at = session.confirmed_at().map_or(*sent, |renewed| renewed.min(*sent));
+        let confirmed_at = session.confirmed_before(*sent);
         let grant = ConsulGrant {
             kv_key,
             modify_index: entry.modify_index,
@@ -354,26 +375,13 @@ impl ConsulLock {
         )
     }
 
-    fn check_options(&self, options: &LockOptions) -> Result<(), LockError> {
-        options.validate(BACKEND, &self.capabilities())
+    /// The reader/writer recipe on this client's connection, session and watches.
+    fn reader_writer(&self) -> ReaderWriter<'_> {
+        ReaderWriter { api: &self.api, config: &self.config, sessions: &self.sessions, monitors: &self.monitors }
     }
 
-    /// A backoff pause (during a lock delay or an outage), cut short by the
-    /// session's end or the deadline.
-    async fn pause_or_give_up(
-        key: &LockKey,
-        session: &Session,
-        pause: &mut Duration,
-        deadline: Option<Instant>,
-        started: Instant,
-    ) -> Result<(), LockError> {
-        tokio::select! {
-            () = sleep(*pause) => {}
-            _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
-            () = lock_core::deadline_passed(deadline) => return Err(LockError::timeout(BACKEND, key, started)),
-        }
-        *pause = (*pause * 2).min(Duration::from_secs(1));
-        Ok(())
+    fn check_options(&self, options: &LockOptions) -> Result<(), LockError> {
+        options.validate(BACKEND, &self.capabilities())
     }
 }
 
@@ -419,6 +427,7 @@ impl DistributedLock for ConsulLock {
         Capabilities::fixed_ttl(ttl)
             .with_fifo(false)
             .with_expiry_slack(ttl + self.config.effective_lock_delay() + Duration::from_secs(2))
+            .with_modes(LockMode::ALL)
     }
 
     async fn acquire(
@@ -429,6 +438,9 @@ impl DistributedLock for ConsulLock {
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
         self.check_options(options)?;
+        if options.mode_value() != LockMode::Exclusive {
+            return self.reader_writer().acquire(key, options, deadline, None).await;
+        }
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let claim =
             self.claims.claim(&kv_key, deadline).await.ok_or_else(|| LockError::timeout(BACKEND, key, started))?;
@@ -448,7 +460,7 @@ impl DistributedLock for ConsulLock {
                 Ok(step) => step,
                 Err(LockError::Unavailable { .. }) if answered => {
                     // Waiting through an outage, as in wait_for_change.
-                    Self::pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
+                    pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
                     seen = None;
                     continue;
                 }
@@ -462,8 +474,12 @@ impl DistributedLock for ConsulLock {
                     seen = self.wait_for_change(key, &kv_key, &session, index, deadline, started).await?;
                 }
                 Step::LockDelay => {
-                    Self::pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
+                    pause_or_give_up(key, &session, &mut delay_pause, deadline, started).await?;
                     seen = None;
+                }
+                Step::Queued => {
+                    debug!(%key, "readers or writers hold the key; queueing behind them");
+                    return self.reader_writer().acquire(key, options, deadline, Some(claim)).await;
                 }
                 Step::Retry(entry) => seen = entry,
                 // Ended before this acquisition began: start over on a new
@@ -483,6 +499,9 @@ impl DistributedLock for ConsulLock {
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
         self.check_options(options)?;
+        if options.mode_value() != LockMode::Exclusive {
+            return self.reader_writer().try_acquire(key, options, None).await;
+        }
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let Some(claim) = self.claims.try_claim(&kv_key) else { return Ok(None) };
         let mut session = self.session(Some(key)).await?;
@@ -496,6 +515,7 @@ impl DistributedLock for ConsulLock {
                     return Ok(Some(self.grant(key, options, session, claim, kv_key, &won)));
                 }
                 Step::Held(_) | Step::LockDelay => return Ok(None),
+                Step::Queued => return self.reader_writer().try_acquire(key, options, Some(claim)).await,
                 Step::Retry(entry) => seen = entry,
                 Step::SessionGone => session = self.session(Some(key)).await?,
             }
@@ -504,19 +524,25 @@ impl DistributedLock for ConsulLock {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
-        let grant = grant_of(lease)?;
-        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        let session = match lease.backend_data::<RwGrant>() {
+            Some(grant) => &grant.session,
+            None => &grant_of(lease)?.session,
+        };
+        lease.ensure_held(BACKEND, Some(session.ended()))?;
         // The session carries every lock of the client; the key watch
         // reports a lock taken away by itself.
-        let confirmed = grant.session.renew(&self.api, lease.key()).await;
+        let confirmed = session.renew(&self.api, lease.key()).await;
         if let Err(LockError::Lost { reason, .. }) = &confirmed {
             lease.loss_signal().fire(reason.clone());
         }
-        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        lease.ensure_held(BACKEND, Some(session.ended()))?;
         confirmed
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        if let Some(grant) = lease.backend_data::<RwGrant>() {
+            return self.reader_writer().release(lease, grant).await;
+        }
         let grant = grant_of(lease)?;
         if lease.is_released() {
             return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
@@ -558,25 +584,36 @@ impl DistributedLock for ConsulLock {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, LockError> {
+        Ok(self.holders(key).await?.into_iter().next())
+    }
+
+    async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let (entry, _) = self.api.read_key(&kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
-        let Some(entry) = entry else { return Ok(None) };
-        let Some(session) = entry.holder() else { return Ok(None) };
-        let value = entry.value_bytes();
-        let info = match Holder::parse(&value) {
-            Some(holder) => LockInfo::new(holder.owner, FencingToken::new(entry.modify_index))
-                .with_held_since(UNIX_EPOCH + Duration::from_millis(holder.since_ms)),
-            None => {
-                // Held by another client of this lock (consul lock, api.Lock).
-                let owner = String::from_utf8(value).ok().filter(|v| !v.is_empty() && v.len() <= 256);
-                LockInfo::new(
-                    owner.unwrap_or_else(|| format!("consul session {session}")),
-                    FencingToken::new(entry.modify_index),
-                )
-            }
-        };
-        Ok(Some(info))
+        match entry {
+            // The gate of a reader/writer lock: its holders are the keys beside it.
+            Some(gate) if gate.flags == RW_FLAG => self.reader_writer().holders(key).await,
+            Some(entry) => Ok(native_holder(&entry).into_iter().collect()),
+            None => Ok(Vec::new()),
+        }
     }
+}
+
+/// The holder of a plain lock key, if it is held.
+fn native_holder(entry: &KvEntry) -> Option<LockInfo> {
+    let session = entry.holder()?;
+    let value = entry.value_bytes();
+    let token = FencingToken::new(entry.modify_index);
+    Some(match Holder::parse(&value) {
+        Some(holder) => {
+            LockInfo::new(holder.owner, token).with_held_since(UNIX_EPOCH + Duration::from_millis(holder.since_ms))
+        }
+        None => {
+            // Held by another client of this lock (consul lock, api.Lock).
+            let owner = String::from_utf8(value).ok().filter(|v| !v.is_empty() && v.len() <= 256);
+            LockInfo::new(owner.unwrap_or_else(|| format!("consul session {session}")), token)
+        }
+    })
 }
 
 /// How a release ended.
@@ -628,85 +665,5 @@ async fn release_until_done(api: &Api, key: &LockKey, kv_key: &str, modify_index
             Err(error) => debug!(kv_key, %error, "releasing our key failed; retrying"),
         }
         pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// A lock transaction running in its own task. If the caller stops waiting
-/// for it (dropped, or the answer was lost), whatever it acquired is given
-/// back in the background: a granted key is deleted, and after an unanswered
-/// request the key is deleted if it holds this attempt's write.
-struct InFlight {
-    task: Option<tokio::task::JoinHandle<Result<TxnOutcome, crate::api::ApiError>>>,
-    api: Api,
-    kv_key: String,
-    session: String,
-    attempt: String,
-}
-
-impl InFlight {
-    fn start(api: Api, kv_key: String, session: String, attempt: String, operations: Vec<TxnKv>) -> Self {
-        let runner = api.clone();
-        let task = tokio::spawn(async move { runner.txn(operations).await });
-        Self { task: Some(task), api, kv_key, session, attempt }
-    }
-
-    async fn finish(mut self) -> Result<TxnOutcome, crate::api::ApiError> {
-        let Some(task) = self.task.as_mut() else {
-            return Err(crate::api::ApiError::Decode { what: "transaction", message: "already finished".to_owned() });
-        };
-        let joined = task.await;
-        self.task = None;
-        let outcome = joined.unwrap_or_else(|e| {
-            Err(crate::api::ApiError::Transport { what: "transaction", source: e.to_string().into() })
-        });
-        if outcome.as_ref().is_err_and(crate::api::ApiError::is_transient) {
-            // The request may still be applied: check for our write.
-            tokio::spawn(forget_attempt(
-                self.api.clone(),
-                self.kv_key.clone(),
-                self.session.clone(),
-                self.attempt.clone(),
-            ));
-        }
-        outcome
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let Some(task) = self.task.take() else { return };
-        let (api, kv_key, session, attempt) =
-            (self.api.clone(), self.kv_key.clone(), self.session.clone(), self.attempt.clone());
-        tokio::spawn(async move {
-            match task.await {
-                Ok(Ok(TxnOutcome::RolledBack(_))) => {}
-                Ok(Ok(TxnOutcome::Applied(entries))) => {
-                    if let Some(entry) = entries.into_iter().last().flatten() {
-                        debug!(kv_key, "an abandoned acquisition got the lock; deleting it");
-                        if api.delete_if_unchanged(&kv_key, entry.modify_index).await.is_err() {
-                            forget_attempt(api, kv_key, session, attempt).await;
-                        }
-                    }
-                }
-                _ => forget_attempt(api, kv_key, session, attempt).await,
-            }
-        });
-    }
-}
-
-/// Deletes the key if it holds the write of `attempt` by `session`, checking
-/// again a few times since an unanswered request may be applied late.
-async fn forget_attempt(api: Api, kv_key: String, session: String, attempt: String) {
-    for pause in [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(15)] {
-        sleep(pause).await;
-        let Ok((Some(entry), _)) = api.read_key(&kv_key, 0, Duration::ZERO).await else { continue };
-        let ours = entry.holder() == Some(session.as_str())
-            && Holder::parse(&entry.value_bytes()).is_some_and(|h| h.attempt == attempt);
-        if ours {
-            debug!(kv_key, "an unanswered acquisition was applied; deleting its key");
-            if api.delete_if_unchanged(&kv_key, entry.modify_index).await.unwrap_or(false) {
-                return;
-            }
-        }
     }
 }

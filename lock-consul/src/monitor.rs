@@ -63,9 +63,19 @@ impl Held {
     }
 }
 
-/// What one shared prefix read saw: its raft index, and each key's holder
-/// and `ModifyIndex`.
-pub(crate) type Snapshot = Arc<(u64, HashMap<String, (Option<String>, u64)>)>;
+/// What one shared prefix read saw of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SeenKey {
+    /// The session holding it, if any.
+    pub(crate) holder: Option<String>,
+    /// Its `ModifyIndex`.
+    pub(crate) modify_index: u64,
+    /// Its `Flags` (which recipe the key belongs to).
+    pub(crate) flags: u64,
+}
+
+/// What one shared prefix read saw: its raft index, and each key.
+pub(crate) type Snapshot = Arc<(u64, HashMap<String, SeenKey>)>;
 
 /// The watches of one client.
 #[derive(Debug)]
@@ -128,10 +138,21 @@ impl Monitors {
         }
     }
 
+    /// Leave for one held lock to watch with a blocking query of its own,
+    /// if fewer than [`MAX_KEY_WATCHES`] do.
+    pub(crate) fn key_watch_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.key_watches).try_acquire_owned().ok()
+    }
+
     /// Leave for one waiter to hold a blocking query of its own, if fewer
     /// than [`MAX_BLOCKING_WAITS`] do.
     pub(crate) fn blocking_wait_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         Arc::clone(&self.blocking_waits).try_acquire_owned().ok()
+    }
+
+    /// The client's shared prefix watch, for a task that outlives the borrow.
+    pub(crate) fn prefix_watch(&self) -> Arc<PrefixWatch> {
+        Arc::clone(&self.prefix_watch)
     }
 
     /// A receiver of the shared prefix reads; see [`PrefixWatch::subscribe`].
@@ -182,7 +203,8 @@ async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snaps
         let current = snapshots.borrow_and_update().clone();
         // A read from before our grant does not show our key yet.
         if let Some((_, entries)) = current.as_deref().filter(|(index, _)| *index >= held.modify_index) {
-            let ours = entries.get(&held.kv_key).is_some_and(|(holder, index)| held.is_ours(holder.as_deref(), *index));
+            let ours =
+                entries.get(&held.kv_key).is_some_and(|seen| held.is_ours(seen.holder.as_deref(), seen.modify_index));
             if !ours {
                 return held.report_lost();
             }
@@ -213,9 +235,16 @@ async fn read_prefix(api: Api, prefix: String, sender: watch::Sender<Option<Snap
             Ok((entries, next)) => {
                 index = next;
                 pause = Duration::from_millis(100);
-                let snapshot: HashMap<String, (Option<String>, u64)> = entries
+                let snapshot: HashMap<String, SeenKey> = entries
                     .into_iter()
-                    .map(|e| (e.key, (e.entry.holder().map(str::to_owned), e.entry.modify_index)))
+                    .map(|e| {
+                        let seen = SeenKey {
+                            holder: e.entry.holder().map(str::to_owned),
+                            modify_index: e.entry.modify_index,
+                            flags: e.entry.flags,
+                        };
+                        (e.key, seen)
+                    })
                     .collect();
                 sender.send_replace(Some(Arc::new((next, snapshot))));
                 sleep(PREFIX_READ_INTERVAL).await;

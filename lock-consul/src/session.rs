@@ -73,6 +73,12 @@ impl Session {
         self.renewal.last_confirmed()
     }
 
+    /// The instant a lock whose write was sent at `sent` counts its TTL
+    /// from: the session's last confirmed renewal, if older.
+    pub(crate) fn confirmed_before(&self, sent: Instant) -> Instant {
+        self.confirmed_at().map_or(sent, |renewed| renewed.min(sent))
+    }
+
     /// Renews the session, at most one request at a time and about once a
     /// quarter TTL however many locks ask: returns when the proof was sent.
     pub(crate) async fn renew(&self, api: &Api, key: &LockKey) -> Result<Instant, LockError> {
