@@ -154,6 +154,27 @@ impl ZkHarness {
         children.sort_by(|a, b| a[a.len().saturating_sub(10)..].cmp(&b[b.len().saturating_sub(10)..]));
         children.into_iter().map(|child| format!("{dir}/{child}")).collect()
     }
+
+    /// The lease nodes of `key`'s semaphore (in `{dir}/leases`), sorted by
+    /// sequence.
+    pub async fn leases(&self, key: &LockKey) -> Vec<String> {
+        let dir = format!("{}/leases", lock_path(BASE, key));
+        let mut children = self.admin().await.list_children(&dir).await.unwrap_or_default();
+        children.sort_by(|a, b| a[a.len().saturating_sub(10)..].cmp(&b[b.len().saturating_sub(10)..]));
+        children.into_iter().map(|child| format!("{dir}/{child}")).collect()
+    }
+
+    /// Deletes what is left of `key`'s lock directory once nothing is queued
+    /// in it: Curator's semaphore makes `{dir}` and `{dir}/leases`
+    /// persistent, so ZooKeeper never reaps them. Best effort.
+    pub async fn remove_directory(&self, key: &LockKey) {
+        let admin = self.admin().await;
+        let dir = lock_path(BASE, key);
+        for child in children(&admin, &dir).await {
+            let _ = admin.delete(&format!("{dir}/{child}"), None).await;
+        }
+        let _ = admin.delete(&dir, None).await;
+    }
 }
 
 struct ZkControl {
@@ -197,7 +218,9 @@ impl Harness for ZkHarness {
     }
 
     async fn break_lock(&self, key: &LockKey) {
-        let holder = self.contenders(key).await.into_iter().next();
+        // A semaphore's first lease, else the first contender node.
+        let leases = self.leases(key).await;
+        let holder = leases.into_iter().next().or(self.contenders(key).await.into_iter().next());
         let holder = holder.unwrap_or_else(|| panic!("{key} has no holder to break"));
         self.admin().await.delete(&holder, None).await.unwrap_or_else(|e| panic!("cannot delete {holder}: {e}"));
     }
@@ -208,8 +231,9 @@ impl Harness for ZkHarness {
         let dirs = children(&admin, BASE).await;
         let mut count = 0;
         for dir in dirs.iter().filter(|dir| dir.starts_with(&escaped)) {
-            // Every child: mutex, read and write nodes alike.
-            count += children(&admin, &format!("{BASE}/{dir}")).await.len();
+            // Every contender node: mutex, read and write nodes alike, and a
+            // semaphore's lease and mutex nodes in its `leases` and `locks`.
+            count += contender_nodes(&admin, format!("{BASE}/{dir}")).await;
         }
         count
     }
@@ -225,6 +249,26 @@ impl Harness for ZkHarness {
         command.args(["zk", key.as_str(), &ttl.as_secs().to_string(), BASE]).env(lock_zk::HOSTS_ENV, &self.upstream);
         Some(command)
     }
+}
+
+/// The ephemeral nodes under `dir`, at any depth: every contender node,
+/// without the container directories (`locks`, `leases`) a semaphore keeps
+/// them in, which ZooKeeper reaps once empty in its own time.
+fn contender_nodes(admin: &Client, dir: String) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send + '_>> {
+    Box::pin(async move {
+        let mut count = 0;
+        for child in children(admin, &dir).await {
+            let path = format!("{dir}/{child}");
+            match admin.check_stat(&path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner != 0 => count += 1,
+                Ok(Some(_)) => count += contender_nodes(admin, path).await,
+                Ok(None) => {}
+                // Unknown: counted, so a check of no leftovers waits and looks again.
+                Err(_) => count += 1,
+            }
+        }
+        count
+    })
 }
 
 /// The children of `path`, none when it does not exist. A listing that
@@ -293,4 +337,77 @@ pub async fn curator_command(class: &str, args: &[&str]) -> tokio::process::Comm
         .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", class])
         .args(args);
     command
+}
+
+/// How long a Curator program's JVM may take to start, connect and answer.
+pub const JVM_LIMIT: Duration = Duration::from_secs(60);
+
+/// A Curator program from `tests/curator` that reports in lines
+/// (`held <millis>`, `leading <millis>`, `timeout`, ...) and gives up what it
+/// holds when a line arrives on its standard input, printing
+/// `released <millis>` with the time just before; killed when dropped.
+#[derive(Debug)]
+pub struct CuratorProgram {
+    java: crate::process::NativeCommand,
+    stdin: Option<tokio::process::ChildStdin>,
+    what: String,
+}
+
+impl CuratorProgram {
+    /// Runs `class` with `args`; `what` names it in failures.
+    pub async fn start(class: &str, args: &[&str], what: impl Into<String>) -> Self {
+        let mut command = curator_command(class, args).await;
+        command.stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+        let mut java = crate::process::NativeCommand::spawn(command);
+        let stdin = java.child.stdin.take();
+        Self { java, stdin, what: what.into() }
+    }
+
+    /// Its next line; fails the test when none comes within [`JVM_LIMIT`].
+    pub async fn line(&mut self) -> String {
+        match tokio::time::timeout(JVM_LIMIT, self.java.next_line()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("{}: ended without a word", self.what),
+            Err(_) => panic!("{}: no answer within {JVM_LIMIT:?}", self.what),
+        }
+    }
+
+    /// The time (its clock, in ms) its next line reports after `word`
+    /// (`held`, `leading`); fails the test when the line says anything else.
+    pub async fn reported(&mut self, word: &str) -> u128 {
+        let line = self.line().await;
+        millis_after(&line, word).unwrap_or_else(|| panic!("{}: said {line:?}, expected {word:?}", self.what))
+    }
+
+    /// Gives up what it holds; returns the time (its clock) just before,
+    /// after it exited successfully.
+    pub async fn release(mut self) -> u128 {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, b"release\n").await;
+        }
+        let released = self.reported("released").await;
+        self.finish().await;
+        released
+    }
+
+    /// Waits for it to exit; fails the test unless it exited with `code`
+    /// (0 for success, 3 for Curator's timeout).
+    pub async fn exited_with(mut self, code: i32) {
+        let status = tokio::time::timeout(JVM_LIMIT, self.java.child.wait()).await;
+        assert!(matches!(&status, Ok(Ok(s)) if s.code() == Some(code)), "{} exited with {status:?}", self.what);
+    }
+
+    async fn finish(self) {
+        self.exited_with(0).await;
+    }
+}
+
+/// The number after `word ` in `line`.
+fn millis_after(line: &str, word: &str) -> Option<u128> {
+    line.strip_prefix(word)?.trim().parse().ok()
+}
+
+/// The wall clock in ms, to compare with a Curator program's reports.
+pub fn millis_now() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }

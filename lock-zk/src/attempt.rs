@@ -13,7 +13,6 @@ use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission};
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
 use crate::error::{self, UnprotectedDirectory};
-use crate::layout::NodeKind;
 
 /// Our contender node in `dir`, until it holds the lock or is withdrawn.
 pub(crate) struct Attempt {
@@ -41,9 +40,10 @@ struct Created {
 }
 
 impl Attempt {
-    /// An attempt to queue a node of `kind` in `dir`; nothing is sent yet.
-    pub(crate) fn new(session: Arc<Session>, dir: String, kind: NodeKind) -> Self {
-        let name = format!("_c_{}-{}", uuid::Uuid::new_v4(), kind.marker());
+    /// An attempt to queue a node named by Curator's `marker` (`lock-`,
+    /// `__READ__`, `__WRIT__`, `lease-`) in `dir`; nothing is sent yet.
+    pub(crate) fn new(session: Arc<Session>, dir: String, marker: &str) -> Self {
+        let name = format!("_c_{}-{marker}", uuid::Uuid::new_v4());
         Self { session, dir, name, state: State::Idle }
     }
 

@@ -9,11 +9,43 @@
 //! every character beyond the BMP) as `%XX` UTF-8 bytes,
 //! and a key `.` or `..` as `%2E` / `%2E%2E`. With base `/distlock`, the key
 //! `jobs/nightly` is the Curator lock path `/distlock/jobs%2Fnightly`.
+//!
+//! A semaphore keeps Curator's `InterProcessSemaphoreV2` layout in the same
+//! directory: the mutex `{dir}/locks` (`_c_{guid}-lock-{seq}` nodes) and the
+//! leases `{dir}/leases/_c_{guid}-lease-{seq}` (see
+//! [`semaphore`](crate::semaphore)).
 
 use lock_core::{LockKey, LockMode};
 
 /// Digits of a ZooKeeper sequence suffix.
 pub(crate) const SEQUENCE_DIGITS: usize = 10;
+
+/// The child of a semaphore's directory that holds the mutex taken while
+/// counting (Curator's `InterProcessSemaphoreV2`).
+pub(crate) const SEMAPHORE_LOCKS: &str = "locks";
+
+/// The child of a semaphore's directory that holds one node per lease.
+pub(crate) const SEMAPHORE_LEASES: &str = "leases";
+
+/// Curator's name of a semaphore lease node, right before its sequence.
+pub(crate) const LEASE_MARKER: &str = "lease-";
+
+/// The sequence number of the lease node `name` (`[_c_{guid}-]lease-{seq}`),
+/// or `None` for a child that is not one.
+pub(crate) fn lease_sequence(name: &str) -> Option<u64> {
+    let (head, sequence) = split_sequence(name)?;
+    head.ends_with(LEASE_MARKER).then_some(sequence)
+}
+
+/// `name` split before its ten-digit sequence suffix.
+fn split_sequence(name: &str) -> Option<(&str, u64)> {
+    let split = name.len().checked_sub(SEQUENCE_DIGITS)?;
+    let (head, digits) = (name.get(..split)?, name.get(split..)?);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((head, digits.parse().ok()?))
+}
 
 /// What a contender node asks for, told by the marker Curator writes right
 /// before its sequence number.
@@ -63,13 +95,9 @@ impl NodeKind {
     /// The kind and sequence number of the contender node `name`, or `None`
     /// for a child that is not one (no known marker right before ten digits).
     pub(crate) fn parse(name: &str) -> Option<(Self, u64)> {
-        let split = name.len().checked_sub(SEQUENCE_DIGITS)?;
-        let (head, digits) = (name.get(..split)?, name.get(split..)?);
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
+        let (head, sequence) = split_sequence(name)?;
         let kind = Self::ALL.into_iter().find(|kind| head.ends_with(kind.marker()))?;
-        Some((kind, digits.parse().ok()?))
+        Some((kind, sequence))
     }
 }
 
@@ -146,6 +174,15 @@ mod tests {
         }
         for kind in NodeKind::ALL {
             assert_eq!(NodeKind::of(kind.mode()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn lease_nodes_are_told_by_their_marker() {
+        assert_eq!(lease_sequence("_c_2f1bc8d4-4a1e-4f57-9a57-0d6c1b3b7c11-lease-0000000042"), Some(42));
+        assert_eq!(lease_sequence("lease-0000000001"), Some(1));
+        for other in ["_c_x-lock-0000000001", "lease-1", "leases", "locks"] {
+            assert_eq!(lease_sequence(other), None, "{other}");
         }
     }
 }

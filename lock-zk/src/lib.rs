@@ -2,11 +2,25 @@
 //!
 //! [`ZkLock`] implements [`DistributedLock`](lock_core::DistributedLock) on
 //! ZooKeeper with the node layout of Apache Curator's `InterProcessMutex`
-//! (the mutex) and `InterProcessReadWriteLock` (the read and write modes),
-//! so a Java service using Curator and a Rust service using distlock exclude
-//! each other on the same lock path; see [`lock_path`] for how a key maps to
-//! it. Contender nodes carry a GUID, so a create whose reply was lost is found
-//! again and deleted rather than orphaned.
+//! (the mutex), `InterProcessReadWriteLock` (the read and write modes),
+//! `InterProcessSemaphoreV2` (the semaphore) and `LeaderSelector` (the mutex
+//! with a published value), so a Java service using Curator and a Rust
+//! service using distlock share the same lock path; see [`lock_path`] for how
+//! a key maps to it. Contender nodes carry a GUID, so a create whose reply was
+//! lost is found again and deleted rather than orphaned.
+//!
+//! * **Semaphores** ([`LockMode::Semaphore`](lock_core::LockMode::Semaphore)):
+//!   `{dir}/locks` is a mutex taken while counting, `{dir}/leases` holds one
+//!   ephemeral sequential node per place, and a contender holds once at most
+//!   `limit` lease nodes exist. Fenced by the lease node's `czxid` (the mutex
+//!   serialises lease creation and grants). Our lease nodes carry their limit,
+//!   so distlock contenders that disagree on it get
+//!   [`LockError::Conflict`](lock_core::LockError::Conflict); Curator stores
+//!   no limit, so a disagreeing Curator contender goes unnoticed.
+//! * **Leader election**: a mutex acquisition with a value writes the value
+//!   as the node's data, Curator's participant id; `inspect` reports the
+//!   first node's data as the leader's value (and owner), `proclaim` replaces
+//!   it, and `observe` follows it with watches.
 //!
 //! * **Reader/writer locks**: readers share a key with readers only; a
 //!   waiting writer (or mutex contender) holds back readers that queue after
@@ -60,12 +74,14 @@ mod cleanup;
 mod client;
 mod config;
 mod connect;
+mod election;
 mod error;
 mod grant;
 mod layout;
 mod lock;
 mod queue;
 mod reader_writer;
+mod semaphore;
 mod wait;
 
 pub use config::{DEFAULT_HOSTS, HOSTS_ENV, ZkConfig};

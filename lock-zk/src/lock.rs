@@ -1,13 +1,13 @@
-//! The recipes: Curator's InterProcessMutex and InterProcessReadWriteLock,
-//! through zookeeper-client.
+//! The recipes: Curator's InterProcessMutex, InterProcessReadWriteLock,
+//! InterProcessSemaphoreV2 and LeaderSelector, through zookeeper-client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, ClientSession, DistributedLock, Lease, LockError, LockInfo, LockKey, LockMode, LockOptions,
-    LostReason, SessionSlot,
+    Capabilities, ClientSession, DistributedLock, LeaderStream, Lease, LockError, LockInfo, LockKey, LockMode,
+    LockOptions, LostReason, MAX_VALUE_BYTES, SessionSlot,
 };
 use tokio::time::Instant;
 use tracing::debug;
@@ -17,14 +17,17 @@ use crate::attempt::Attempt;
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
 use crate::grant::{self, grant_of};
-use crate::layout::{NodeKind, lock_path};
+use crate::layout::{NodeKind, SEMAPHORE_LEASES, lock_path};
 use crate::queue::Queue;
+use crate::semaphore::{self, Wait};
 use crate::wait::{Waited, wait_for_turn};
-use crate::{BACKEND, ZkConfig};
+use crate::{BACKEND, ZkConfig, election};
 
 /// A distributed lock on ZooKeeper, node for node Apache Curator's
-/// `InterProcessMutex` ([`LockMode::Exclusive`]) and
-/// `InterProcessReadWriteLock` ([`LockMode::Read`], [`LockMode::Write`]).
+/// `InterProcessMutex` ([`LockMode::Exclusive`]),
+/// `InterProcessReadWriteLock` ([`LockMode::Read`], [`LockMode::Write`]),
+/// `InterProcessSemaphoreV2` ([`LockMode::Semaphore`]) and `LeaderSelector`
+/// (the mutex with a published value, [`LockOptions::value`]).
 ///
 /// Under the key's lock directory (a container node, reaped by the server
 /// when empty), each contender creates an ephemeral sequential node:
@@ -35,6 +38,11 @@ use crate::{BACKEND, ZkConfig};
 /// mutex node is before it; each waiter watches only the one node in its
 /// way. The fencing token is the holder node's `czxid`. See the
 /// [crate docs](crate).
+///
+/// A semaphore keeps Curator's `{dir}/locks` mutex and `{dir}/leases` lease
+/// nodes instead (see the [crate docs](crate)). A mutex contender's node
+/// carries its published value as data when it has one (Curator's
+/// `LeaderSelector` participant id), else its owner string.
 ///
 /// Our mutex and our reader/writer lock exclude each other on one key.
 /// Curator's do not: its `InterProcessMutex` sorts the reader/writer nodes
@@ -57,13 +65,18 @@ use crate::{BACKEND, ZkConfig};
 /// guard.release().await?;
 /// let reading = locks.read_lock("reports/daily").acquire().await?;
 /// reading.release().await?;
+/// let place = locks.semaphore("exports", 4).acquire().await?;
+/// place.release().await?;
+/// let leading = locks.lock("services/api/leader").value("10.0.0.7:8080").acquire().await?;
+/// leading.proclaim("10.0.0.7:8081").await?;
+/// leading.release().await?;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug)]
 pub struct ZkLock {
     config: ZkConfig,
-    sessions: SessionSlot<Session>,
+    sessions: Arc<SessionSlot<Session>>,
 }
 
 impl ZkLock {
@@ -75,7 +88,7 @@ impl ZkLock {
     /// [`LockError::Unavailable`] when no host answers in time.
     pub async fn connect(config: ZkConfig) -> Result<Self, LockError> {
         config.validate()?;
-        let lock = Self { config, sessions: SessionSlot::default() };
+        let lock = Self { config, sessions: Arc::default() };
         lock.session(None).await?;
         Ok(lock)
     }
@@ -102,35 +115,40 @@ impl ZkLock {
         self.sessions.get_or_start(|| Session::start(&self.config, key)).await
     }
 
+    /// The slot of the client's session and its configuration, for what
+    /// outlives a borrow of the client (an observer's stream).
+    pub(crate) fn session_source(&self) -> (Arc<SessionSlot<Session>>, ZkConfig) {
+        (Arc::clone(&self.sessions), self.config.clone())
+    }
+
     /// The ACL of everything the client creates: its lock nodes, its lock
     /// directories and the base path's missing ancestors. With credentials,
     /// only this identity may touch them.
-    fn acls(&self) -> Acls<'static> {
+    pub(crate) fn acls(&self) -> Acls<'static> {
         if self.authenticated() { Acls::creator_all() } else { Acls::anyone_all() }
     }
 
-    fn authenticated(&self) -> bool {
+    pub(crate) fn authenticated(&self) -> bool {
         self.config.digest_value().is_some()
     }
 
-    /// Takes the session and creates our contender node of `kind`. A
-    /// session that ZooKeeper already expired (while we were cut off, before
-    /// the client noticed) is ended and the create retried once on a new
-    /// session.
-    async fn enter(
+    /// Takes the session and creates our contender node named by `marker`
+    /// in `dir`, with `data`. A session that ZooKeeper already expired (while
+    /// we were cut off, before the client noticed) is ended and the create
+    /// retried once on a new session.
+    pub(crate) async fn enter(
         &self,
         key: &LockKey,
-        options: &LockOptions,
-        kind: NodeKind,
+        dir: String,
+        marker: &str,
+        data: &[u8],
     ) -> Result<(Arc<Session>, Attempt, String), LockError> {
         let mut retried = false;
         loop {
             let session = self.session(Some(key)).await?;
-            let dir = lock_path(self.config.base_path_value(), key);
-            let mut attempt = Attempt::new(Arc::clone(&session), dir, kind);
-            let owner = options.owner_value().as_bytes().to_vec();
+            let mut attempt = Attempt::new(Arc::clone(&session), dir.clone(), marker);
             let (acls, protected, limit) = (self.acls(), self.authenticated(), self.config.request_timeout_value());
-            match attempt.create(key, owner, acls, protected, limit).await {
+            match attempt.create(key, data.to_vec(), acls, protected, limit).await {
                 Ok(path) => return Ok((session, attempt, path)),
                 Err(LockError::Lost { .. }) if !retried => {
                     debug!(%key, "the session had expired; opening a new one");
@@ -152,12 +170,23 @@ fn kind_of(options: &LockOptions) -> Result<NodeKind, LockError> {
     })
 }
 
+/// The data of a node held in `mode` by `owner`, publishing `value`: see
+/// [`election`] for the mutex layout's and [`semaphore::LeaseData`] for a
+/// lease's.
+fn node_data(mode: LockMode, owner: &str, value: Option<&str>) -> Vec<u8> {
+    match mode {
+        LockMode::Semaphore { limit } => semaphore::LeaseData::encode(limit, owner, value),
+        _ => election::node_data(owner, value),
+    }
+}
+
 /// The name of the node at `path` in its directory.
-fn node_name(path: &str) -> &str {
+pub(crate) fn node_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or_default()
 }
 
-fn is(error: &LockError, expected: &zookeeper_client::Error) -> bool {
+/// Whether `error` carries ZooKeeper's `expected` error.
+pub(crate) fn is(error: &LockError, expected: &zookeeper_client::Error) -> bool {
     match error {
         LockError::Backend { source, .. } => source.downcast_ref::<zookeeper_client::Error>() == Some(expected),
         _ => false,
@@ -173,7 +202,11 @@ impl DistributedLock for ZkLock {
     fn capabilities(&self) -> Capabilities {
         // The lock TTL is the session timeout ZooKeeper negotiated.
         let ttl = self.config.session_timeout_value();
-        Capabilities::fixed_ttl(ttl).with_fifo(true).with_expiry_slack(Duration::from_secs(2)).with_modes(LockMode::ALL)
+        Capabilities::fixed_ttl(ttl)
+            .with_fifo(true)
+            .with_expiry_slack(Duration::from_secs(2))
+            .with_modes(LockMode::WITH_SEMAPHORE)
+            .with_values(true)
     }
 
     async fn acquire(
@@ -182,9 +215,16 @@ impl DistributedLock for ZkLock {
         options: &LockOptions,
         deadline: Option<Instant>,
     ) -> Result<Lease, LockError> {
+        if let LockMode::Semaphore { limit } = options.mode_value() {
+            let granted = semaphore::acquire(self, key, options, limit, Wait::Until(deadline)).await?;
+            // An attempt that may wait ends with a grant or an error.
+            return granted.ok_or_else(|| LockError::backend(BACKEND, Some(key), "a waiting attempt gave up"));
+        }
         let started = Instant::now();
         let kind = kind_of(options)?;
-        let (session, mut attempt, path) = self.enter(key, options, kind).await?;
+        let dir = lock_path(self.config.base_path_value(), key);
+        let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
+        let (session, mut attempt, path) = self.enter(key, dir, kind.marker(), &data).await?;
         // Sent before the queue is listed and answered in the same round
         // trip: when the lock is free at once, the grant needs no request of
         // its own.
@@ -221,8 +261,13 @@ impl DistributedLock for ZkLock {
     }
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
+        if let LockMode::Semaphore { limit } = options.mode_value() {
+            return semaphore::acquire(self, key, options, limit, Wait::Once).await;
+        }
         let kind = kind_of(options)?;
-        let (session, mut attempt, path) = self.enter(key, options, kind).await?;
+        let dir = lock_path(self.config.base_path_value(), key);
+        let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
+        let (session, mut attempt, path) = self.enter(key, dir, kind.marker(), &data).await?;
         // Both requests in one round trip, as in `acquire`.
         let reader = Arc::clone(&session);
         let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
@@ -310,18 +355,49 @@ impl DistributedLock for ZkLock {
         let mut holders = Vec::with_capacity(reads.len());
         for (holder, read) in reads {
             match session.call(key, "read holder", read).await {
-                Ok((data, stat)) => {
-                    // Curator stores the client's address by default, we the owner string.
-                    let owner = String::from_utf8(data).ok().filter(|owner| !owner.is_empty());
-                    let owner = owner.unwrap_or_else(|| holder.name.to_owned());
-                    holders.push(LockInfo::new(owner, grant::token(stat.czxid)).with_mode(holder.kind.mode()));
-                }
+                Ok((data, stat)) => holders.push(election::holder_info(holder.name, holder.kind, &data, stat.czxid)),
                 // Released since the listing.
                 Err(error) if is(&error, &zookeeper_client::Error::NoNode) => {}
                 Err(error) => return Err(error),
             }
         }
+        if children.iter().any(|child| child == SEMAPHORE_LEASES) {
+            holders.extend(semaphore::holders(&session, key, &dir).await?);
+        }
         holders.sort_by_key(|holder| holder.token);
         Ok(holders)
+    }
+
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        let grant = grant_of(lease)?;
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(LockError::InvalidOptions {
+                backend: BACKEND,
+                message: format!("a published value may hold at most {MAX_VALUE_BYTES} bytes, got {}", value.len()),
+            });
+        }
+        let data = node_data(lease.mode(), lease.owner(), Some(value));
+        // The node's path is unique to this grant (its name carries a GUID
+        // and a sequence number never reused in its directory), so a node
+        // found there is ours: no version is needed to be sure of it.
+        let set = grant.session.client.set_data(&grant.path, &data, None);
+        match grant.session.call(lease.key(), "proclaim", set).await {
+            Ok(_) => {
+                debug!(key = %lease.key(), token = %lease.token(), "proclaimed a new value");
+                Ok(())
+            }
+            Err(error) if is(&error, &zookeeper_client::Error::NoNode) || error.is_lost() => {
+                let reason = lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+                lease.loss_signal().fire(reason.clone());
+                Err(LockError::lost(BACKEND, lease.key(), reason))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn watch_leader(&self, key: &LockKey) -> Option<LeaderStream> {
+        let (sessions, config) = self.session_source();
+        Some(election::watch(sessions, config, key.clone()))
     }
 }
