@@ -117,7 +117,18 @@ impl LockGuard {
             let reason = self.shared.lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
             return Err(LockError::lost(self.shared.backend.backend(), self.key(), reason));
         }
-        self.shared.backend.proclaim(&self.shared.lease, value.as_ref()).await
+        let value = value.as_ref();
+        if value.len() > crate::MAX_VALUE_BYTES {
+            return Err(LockError::InvalidOptions {
+                backend: self.shared.backend.backend(),
+                message: format!(
+                    "a published value may hold at most {} bytes, got {}",
+                    crate::MAX_VALUE_BYTES,
+                    value.len()
+                ),
+            });
+        }
+        self.shared.backend.proclaim(&self.shared.lease, value).await
     }
 
     /// The owner string stored with the grant.
