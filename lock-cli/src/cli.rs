@@ -24,21 +24,24 @@ pub enum Command {
     /// DISTLOCK_FENCING_TOKEN in its environment. CMD runs in a process group
     /// of its own: signals sent to distlock (INT, TERM, HUP, QUIT, USR1, USR2)
     /// are forwarded to the whole group, and a lost lock stops the whole group.
+    /// If distlock itself is killed, CMD is killed with it (on Linux).
     /// Run from a terminal's foreground, CMD gets the terminal (it can read
     /// it; Ctrl-C and Ctrl-Z reach it, and suspend distlock's job with it).
     #[command(after_help = crate::exit::HELP)]
     Exec(ExecArgs),
-    /// Show who holds KEY, with its fencing token and for how long, or "free".
+    /// Show who holds KEY: the mode, and every holder (each reader or
+    /// semaphore holder) with its fencing token and for how long, or "free".
     #[command(after_help = crate::exit::HELP)]
     Status(StatusArgs),
-    /// Internal: takes the terminal's foreground for CMD's process group,
-    /// then runs CMD in place of itself.
-    #[command(name = crate::terminal::FOREGROUND_SUBCOMMAND, hide = true)]
-    Foreground {
-        /// The command and its arguments.
-        #[arg(required = true, last = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    /// Print the leader of election KEY (the holder's published value and
+    /// token), or "none"; with --watch, every change until interrupted.
+    #[command(after_help = crate::exit::HELP)]
+    Leader(LeaderArgs),
+    /// Internal: what the command's process does before it becomes CMD: it
+    /// asks to be killed when distlock dies, takes the terminal's foreground
+    /// if asked, then runs CMD in place of itself.
+    #[command(name = crate::trampoline::SUBCOMMAND, hide = true)]
+    Trampoline(TrampolineArgs),
 }
 
 /// Where the lock lives.
@@ -85,6 +88,18 @@ pub struct ExecArgs {
     /// The owner string other clients see (default: host:pid:random).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Hold the read side of KEY's reader/writer lock, shared with other
+    /// readers (as `flock -s`); without it KEY is held alone.
+    #[arg(long, conflicts_with = "limit")]
+    pub shared: bool,
+    /// Hold one of N places of KEY's counting semaphore (as `consul lock -n
+    /// N`): at most N commands run at once. Every holder must name the same N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Publish VALUE while holding KEY, as the leader of election KEY (its
+    /// address, say): `distlock leader --key KEY` prints it.
+    #[arg(long, value_name = "VALUE", conflicts_with_all = ["shared", "limit"])]
+    pub value: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -99,6 +114,20 @@ pub enum OnLost {
     Kill,
 }
 
+/// `distlock __command`, the command's trampoline.
+#[derive(Debug, clap::Args)]
+pub struct TrampolineArgs {
+    /// The distlock that started it: if it is gone already, CMD does not run.
+    #[arg(long)]
+    pub parent: i32,
+    /// Take the terminal's foreground for CMD's process group.
+    #[arg(long)]
+    pub foreground: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
 /// `distlock status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -107,6 +136,19 @@ pub struct StatusArgs {
     /// One JSON object on stdout, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `distlock leader`.
+#[derive(Debug, clap::Args)]
+pub struct LeaderArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// One JSON object per line on stdout, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every change of leader or value until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// The backend URL to use: the flag or DISTLOCK_URL, else the per-user file

@@ -6,15 +6,15 @@ use std::os::unix::process::ExitStatusExt;
 use distlock::{LockGuard, LockOptions, Locks, LostReason};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::cli::{ExecArgs, backend_url};
 use crate::grace::Stop;
-use crate::terminal::{self, ForegroundTerminal};
-use crate::{exit, indicator};
+use crate::terminal::ForegroundTerminal;
+use crate::{exit, indicator, trampoline};
 
 /// Signals forwarded to the command.
 const FORWARDED: [Signal; 6] =
@@ -63,7 +63,9 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     };
     info!(key, token = guard.token().get(), "acquired");
     let Some((program, arguments)) = args.command.split_first() else { return exit::USAGE };
-    let mut command = command_line(program, arguments, terminal.is_some());
+    // Spawned from this thread, which runs `main`: the command's death signal
+    // comes when the thread that started it ends (see `trampoline`).
+    let mut command = trampoline::command(program, arguments, terminal.is_some());
     // Its own process group, so that a lost lock stops the whole command,
     // grandchildren included, and a forwarded signal reaches all of it once.
     command.env("DISTLOCK_KEY", key).env("DISTLOCK_FENCING_TOKEN", guard.token().to_string()).process_group(0);
@@ -82,28 +84,6 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     code
 }
 
-/// The command to spawn: `command` itself, or, when it is to get the
-/// terminal, `distlock __foreground -- command`, which takes the terminal's
-/// foreground for its new process group before it becomes `command`.
-fn command_line(program: &str, arguments: &[String], to_foreground: bool) -> Command {
-    let trampoline = to_foreground.then(std::env::current_exe).and_then(|exe| {
-        exe.inspect_err(
-            |error| warn!(%error, "cannot find distlock's executable; the command runs without the terminal"),
-        )
-        .ok()
-    });
-    let mut command = match trampoline {
-        Some(exe) => {
-            let mut command = Command::new(exe);
-            command.arg(terminal::FOREGROUND_SUBCOMMAND).arg("--").arg(program);
-            command
-        }
-        None => Command::new(program),
-    };
-    command.args(arguments);
-    command
-}
-
 /// The options `args` ask for.
 fn lock_options(args: &ExecArgs) -> LockOptions {
     let mut options = LockOptions::new();
@@ -112,6 +92,15 @@ fn lock_options(args: &ExecArgs) -> LockOptions {
     }
     if let Some(owner) = &args.owner {
         options = options.owner(owner.clone());
+    }
+    if args.shared {
+        options = options.mode(distlock::LockMode::Read);
+    }
+    if let Some(mode) = args.limit.and_then(distlock::LockMode::semaphore) {
+        options = options.mode(mode);
+    }
+    if let Some(value) = &args.value {
+        options = options.value(value.clone());
     }
     options
 }

@@ -6,7 +6,8 @@ pub const USAGE: u8 = 2;
 pub const UNAVAILABLE: u8 = 69;
 /// The lock was lost while the command ran; the command was terminated.
 pub const LOST: u8 = 74;
-/// The lock was not acquired: held elsewhere with `--no-wait`, or `--wait` elapsed.
+/// The lock was not acquired: held elsewhere with `--no-wait`, `--wait`
+/// elapsed, or the key is in use another way (another `--limit`).
 pub const NOT_ACQUIRED: u8 = 75;
 /// A malformed backend URL, key or option.
 pub const CONFIG: u8 = 78;
@@ -22,7 +23,8 @@ Exit codes:
   2     usage error
   69    the lock backend could not be reached or failed
   74    the lock was lost while the command ran (the command was terminated)
-  75    the lock was not acquired (--no-wait and held elsewhere, or --wait elapsed)
+  75    the lock was not acquired (--no-wait and held elsewhere, --wait elapsed,
+        or KEY is in use another way, e.g. a semaphore of another --limit)
   78    malformed backend URL, key or option, or a --grace the TTL cannot honour
   126   the command could not be executed
   127   the command was not found
@@ -36,7 +38,7 @@ pub fn for_error(error: &distlock::LockError) -> u8 {
     use distlock::LockError as E;
     match error {
         E::InvalidKey { .. } | E::InvalidOptions { .. } | E::InvalidConfig { .. } => CONFIG,
-        E::Timeout { .. } => NOT_ACQUIRED,
+        E::Timeout { .. } | E::Conflict { .. } => NOT_ACQUIRED,
         E::Lost { .. } => LOST,
         _ => UNAVAILABLE,
     }

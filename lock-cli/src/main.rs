@@ -3,6 +3,10 @@
 //! ```text
 //! distlock exec --key deploy -- ./deploy.sh
 //! distlock status --key deploy --json
+//! distlock exec --shared --key objects/cat.jpg -- ./serve.sh
+//! distlock exec --limit 3 --key migrations -- ./migrate.sh
+//! distlock exec --value 10.0.0.7:8080 --key services/api/leader -- ./serve.sh
+//! distlock leader --key services/api/leader --watch
 //! ```
 
 // A command-line tool talks to its user on stdout and stderr.
@@ -13,8 +17,10 @@ mod exec;
 mod exit;
 mod grace;
 mod indicator;
+mod leader;
 mod status;
 mod terminal;
+mod trampoline;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -37,8 +43,8 @@ fn main() -> ExitCode {
         // Colour codes only where a terminal shows them, not in logs.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let cli::Command::Foreground { command } = &cli.command {
-        return ExitCode::from(terminal::exec_in_foreground(command));
+    if let cli::Command::Trampoline(args) = &cli.command {
+        return ExitCode::from(trampoline::become_command(args));
     }
     // Before the runtime starts its threads: see ForegroundTerminal::detect.
     let terminal = matches!(cli.command, cli::Command::Exec(_)).then(terminal::ForegroundTerminal::detect).flatten();
@@ -49,11 +55,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::UNAVAILABLE);
         }
     };
+    // `exec::run` runs on this thread, and spawns the command from it: the
+    // command's death signal is tied to this thread's life (see trampoline).
     let code = runtime.block_on(async {
         match cli.command {
             cli::Command::Exec(args) => exec::run(args, terminal).await,
             cli::Command::Status(args) => status::run(args).await,
-            cli::Command::Foreground { .. } => exit::USAGE,
+            cli::Command::Leader(args) => leader::run(args).await,
+            cli::Command::Trampoline(_) => exit::USAGE,
         }
     });
     ExitCode::from(code)

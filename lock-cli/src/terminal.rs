@@ -8,9 +8,10 @@
 //! sudo do), the command's group is made the foreground group for as long as
 //! it runs, as a shell does for a job:
 //!
-//! - the command is started through `distlock __foreground -- CMD`, which
-//!   makes its own (new) group the foreground group and then becomes CMD, so
-//!   CMD never runs a moment in the background;
+//! - the command is started through its trampoline
+//!   (`distlock __command --foreground -- CMD`, see [`crate::trampoline`]),
+//!   which makes its own (new) group the foreground group and then becomes
+//!   CMD, so CMD never runs a moment in the background;
 //! - Ctrl-C and Ctrl-Z then reach the command's group directly;
 //! - when the command stops (Ctrl-Z, or SIGTTIN), distlock takes the
 //!   terminal back and stops its own group, so the shell sees the job
@@ -26,17 +27,11 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{Pid, getpgrp, tcgetpgrp, tcsetpgrp};
 use tracing::{debug, warn};
-
-use crate::exit;
-
-/// The hidden subcommand that hands the terminal to the command.
-pub const FOREGROUND_SUBCOMMAND: &str = "__foreground";
 
 /// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) SIGTTOU in the calling
 /// thread; threads and processes started afterwards inherit the mask.
@@ -70,7 +65,7 @@ impl ForegroundTerminal {
     /// the foreground, or writing a message, from the background does not
     /// stop distlock. Call it before the runtime starts its threads, so
     /// that they all inherit the mask; the command's trampoline unblocks it
-    /// again (see [`exec_in_foreground`]). Without a terminal nothing is
+    /// again (see [`enter_foreground`]). Without a terminal nothing is
     /// blocked, and the command is started directly.
     pub fn detect() -> Option<Self> {
         let tty = controlling_terminal()?;
@@ -132,20 +127,15 @@ impl ForegroundTerminal {
     }
 }
 
-/// `distlock __foreground -- CMD`: runs in the command's new process group,
-/// makes that group the terminal's foreground group, then becomes CMD.
-/// Returns only when CMD cannot be run, with the exit code to use.
-pub fn exec_in_foreground(command: &[String]) -> u8 {
-    let Some((program, arguments)) = command.split_first() else { return exit::USAGE };
+/// Run by the command's trampoline in the command's new process group:
+/// makes that group the terminal's foreground group, and unblocks SIGTTOU
+/// again (blocked by the distlock that started the trampoline).
+pub fn enter_foreground() {
     if let Some(tty) = controlling_terminal()
         && let Err(error) = tcsetpgrp(tty.as_fd(), getpgrp())
     {
         debug!(%error, "cannot take the terminal's foreground");
     }
-    // Blocked by the distlock that started this one; the command gets the
-    // signal mask distlock itself was started with.
+    // The command gets the signal mask distlock itself was started with.
     mask_terminal_stops(SigmaskHow::SIG_UNBLOCK);
-    let error = std::process::Command::new(program).args(arguments).exec();
-    eprintln!("distlock: cannot run {program}: {error}");
-    if error.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE }
 }
