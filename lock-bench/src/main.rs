@@ -9,6 +9,7 @@
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod election;
 mod readers;
 mod scenarios;
 mod stats;
@@ -81,6 +82,8 @@ async fn main() -> ExitCode {
             scenarios::scale(&target, &options).await,
             readers::read_latency(&target, &options).await,
             readers::shared_readers(&target, &options).await,
+            election::semaphore_latency(&target, &options).await,
+            election::leader_failover(&target, &options).await,
         ];
         for run in runs {
             match run {
