@@ -112,12 +112,54 @@ impl ConsulHarness {
             .unwrap_or_else(|e| panic!("the suite needs an http://ip:port address, got {:?}: {e}", self.address))
     }
 
+    /// The ids of the sessions whose name mentions `kv_prefix` (a semaphore
+    /// place's session is named `distlock semaphore at '<lock prefix>' ...`,
+    /// `consul lock`'s `Consul lock for '<command>' at '<prefix>'`).
+    pub async fn sessions_named_for(&self, kv_prefix: &str) -> Vec<String> {
+        let listed = admin_request(self.upstream(), "GET", "/v1/session/list").await;
+        let listed = listed.unwrap_or_else(|e| panic!("cannot list Consul's sessions: {e}"));
+        // Each session is an object with "ID" before "Name"; names are
+        // plain strings here (no escaped quotes in a KV prefix).
+        listed
+            .split("\"ID\":\"")
+            .skip(1)
+            .filter_map(|session| {
+                let id = session.split('"').next()?;
+                let name = session.split("\"Name\":\"").nth(1)?.split('"').next()?;
+                name.contains(&format!("at '{kv_prefix}")).then(|| id.to_owned())
+            })
+            .collect()
+    }
+
+    /// Destroys every session named for a lock under the namespace `prefix`
+    /// (see [`sessions_named_for`](Self::sessions_named_for)): what a
+    /// `consul lock` leaves to its TTL when it exits before its renewal
+    /// goroutine has destroyed its session, or when it was refused.
+    pub async fn end_sessions_named_for(&self, prefix: &str) {
+        for session in self.sessions_named_for(&native_prefix(PREFIX, prefix)).await {
+            self.destroy_session(&session).await;
+        }
+    }
+
     /// Destroys session `id` from outside, as an operator would.
     pub async fn destroy_session(&self, id: &str) {
         let path = format!("/v1/session/destroy/{id}");
         let reply = admin_request(self.upstream(), "PUT", &path).await;
         assert!(matches!(&reply, Ok(body) if body.trim() == "true"), "cannot destroy session {id}: {reply:?}");
     }
+}
+
+/// The `consul` binary installed by `scripts/services install consul`, or
+/// the one `DISTLOCK_CONSUL_BIN` names.
+///
+/// # Panics
+/// When there is none.
+pub fn consul_binary() -> PathBuf {
+    let path = std::env::var_os("DISTLOCK_CONSUL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::services_dir().join("bin/consul"));
+    assert!(path.exists(), "no consul binary at {}: run `scripts/services install consul`", path.display());
+    path
 }
 
 /// One plain HTTP/1.1 request to the agent, for the calls `rs-consul` lacks;
@@ -131,11 +173,31 @@ pub async fn admin_request(agent: SocketAddr, method: &str, path: &str) -> Resul
         let mut reply = String::new();
         stream.read_to_string(&mut reply).await.map_err(|e| e.to_string())?;
         match reply.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
+                let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+                Ok(if chunked { dechunk(body) } else { body.to_owned() })
+            }
             _ => Err(reply),
         }
     };
     tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap_or_else(|_| Err("timed out".to_owned()))
+}
+
+/// The body of a chunked HTTP/1.1 answer (a longer one, such as the list
+/// of every session), without its chunk framing.
+fn dechunk(framed: &str) -> String {
+    let (mut framed, mut body) = (framed.as_bytes(), Vec::new());
+    while let Some(line_end) = framed.windows(2).position(|pair| pair == b"\r\n") {
+        let size = String::from_utf8_lossy(&framed[..line_end]);
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16).unwrap_or(0);
+        let rest = &framed[line_end + 2..];
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        body.extend_from_slice(&rest[..size]);
+        framed = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 struct ConsulControl {
@@ -180,17 +242,22 @@ impl Harness for ConsulHarness {
     }
 
     /// Deletes the lock key (`.lock`) of a mutex, or every contender key of a
-    /// reader/writer lock (whose `.lock` is its gate, not a holder).
+    /// reader/writer lock (whose `.lock` is its gate, not a holder) or of a
+    /// semaphore (whose `.lock` is its record).
     async fn break_lock(&self, key: &LockKey) {
         let lock_prefix = native_lock_prefix(PREFIX, key.as_str());
         let gate = format!("{lock_prefix}/.lock");
         let request = ReadKeyRequest { key: &lock_prefix.replace('%', "%25"), recurse: true, ..Default::default() };
         let found = self.admin().await.read_key(request).await.map(|found| found.response).unwrap_or_default();
-        let rw_gate = found.iter().any(|entry| entry.key == gate && entry.flags == lock_consul::RW_FLAG);
-        let doomed: Vec<String> = if rw_gate {
+        let shared = found
+            .iter()
+            .find(|entry| entry.key == gate)
+            .map(|entry| entry.flags)
+            .filter(|flags| [lock_consul::RW_FLAG, lock_consul::SEMAPHORE_FLAG].contains(flags));
+        let doomed: Vec<String> = if let Some(flags) = shared {
             found
                 .iter()
-                .filter(|entry| entry.flags == lock_consul::RW_FLAG && entry.key != gate)
+                .filter(|entry| entry.flags == flags && entry.key != gate)
                 .filter(|entry| {
                     entry.key.strip_prefix(&format!("{lock_prefix}/")).is_some_and(|name| !name.contains('/'))
                 })
@@ -206,16 +273,20 @@ impl Harness for ConsulHarness {
         }
     }
 
-    /// Counts every key under the prefix: plain lock keys, and a
-    /// reader/writer lock's contender keys and its gate.
+    /// Counts every key under the prefix (plain lock keys, a reader/writer
+    /// lock's contender keys and its gate, a semaphore's contender keys and
+    /// its record) and every session made for a lock under it (a semaphore
+    /// place's, or `consul lock`'s, both named `... at '<prefix>'`).
     async fn leftover(&self, prefix: &str) -> usize {
-        let kv_prefix = native_prefix(PREFIX, prefix).replace('%', "%25");
-        let request = ReadKeyRequest { key: &kv_prefix, recurse: true, ..Default::default() };
-        match self.admin().await.read_key(request).await {
+        let kv_prefix = native_prefix(PREFIX, prefix);
+        let url_prefix = kv_prefix.replace('%', "%25");
+        let request = ReadKeyRequest { key: &url_prefix, recurse: true, ..Default::default() };
+        let keys = match self.admin().await.read_key(request).await {
             Ok(found) => found.response.len(),
             Err(rs_consul::ConsulError::UnexpectedResponseCode(status, _)) if status.as_u16() == 404 => 0,
-            Err(error) => panic!("cannot count keys under {kv_prefix}: {error}"),
-        }
+            Err(error) => panic!("cannot count keys under {url_prefix}: {error}"),
+        };
+        keys + self.sessions_named_for(&kv_prefix).await.len()
     }
 
     async fn unreachable_client(&self) -> (Duration, Result<Locks, LockError>) {
@@ -230,5 +301,76 @@ impl Harness for ConsulHarness {
             .args(["consul", key.as_str(), &ttl.as_secs().to_string(), PREFIX])
             .env(lock_consul::ADDRESS_ENV, &self.address);
         Some(command)
+    }
+}
+
+/// A `consul lock [options] PREFIX` whose command says `held` once it runs
+/// and then holds the lock until [`NativeLock::finish`] closes its input:
+/// Consul's own lock or semaphore (`-n N`) as a test drives it.
+#[derive(Debug)]
+pub struct NativeLock {
+    child: tokio::process::Child,
+    input: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    errors: Option<tokio::process::ChildStderr>,
+}
+
+impl NativeLock {
+    /// Starts `consul lock` with `options` on `prefix`, against the agent at
+    /// `address`.
+    ///
+    /// # Panics
+    /// When it cannot be started.
+    pub fn start(address: &str, options: &[&str], prefix: &str) -> Self {
+        use std::process::Stdio;
+        use tokio::io::AsyncBufReadExt;
+
+        let mut command = tokio::process::Command::new(consul_binary());
+        command
+            .arg("lock")
+            .arg(format!("-http-addr={address}"))
+            .args(["-shell=false", "-pass-stdin"])
+            .args(options)
+            .args([prefix, "sh", "-c", "echo held; read line; echo done"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        let input = child.stdin.take();
+        let output = child.stdout.take().unwrap_or_else(|| panic!("{command:?} has no stdout"));
+        let errors = child.stderr.take();
+        Self { child, input, lines: tokio::io::BufReader::new(output).lines(), errors }
+    }
+
+    /// Whether its command runs (it holds the lock) within `limit`.
+    pub async fn holds_within(&mut self, limit: Duration) -> bool {
+        let line = tokio::time::timeout(limit, self.lines.next_line()).await;
+        matches!(line, Ok(Ok(Some(line))) if line.trim() == "held")
+    }
+
+    /// Lets its command end (so `consul lock` releases), and waits for the
+    /// exit: whether it succeeded, and what it said on stderr.
+    ///
+    /// # Panics
+    /// When it does not exit within 20 s.
+    pub async fn finish(mut self) -> (bool, String) {
+        drop(self.input.take());
+        self.exit().await
+    }
+
+    /// Waits for it to exit by itself (refused, or timed out): whether it
+    /// succeeded, and what it said on stderr.
+    ///
+    /// # Panics
+    /// When it does not exit within 20 s.
+    pub async fn exit(mut self) -> (bool, String) {
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        let status = status.unwrap_or_else(|_| panic!("consul lock did not exit within 20 s"));
+        let mut said = String::new();
+        if let Some(mut errors) = self.errors.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), errors.read_to_string(&mut said)).await;
+        }
+        (status.is_ok_and(|s| s.success()), said)
     }
 }

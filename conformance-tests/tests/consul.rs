@@ -11,3 +11,13 @@ conformance_tests::reader_writer_suite!(
     consul_rw,
     conformance_tests::consul::ConsulHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
 );
+
+conformance_tests::semaphore_suite!(
+    consul_semaphore,
+    conformance_tests::consul::ConsulHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);
+
+conformance_tests::election_suite!(
+    consul_election,
+    conformance_tests::consul::ConsulHarness::from_env().with_holder_binary(env!("CARGO_BIN_EXE_conformance-holder"))
+);

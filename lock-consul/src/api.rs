@@ -102,6 +102,10 @@ pub(crate) struct KvEntry {
     /// The raft index of the key's creation; immutable while it exists.
     #[serde(default)]
     pub(crate) create_index: u64,
+    /// How many times a session acquired the key since it was created
+    /// (1 for a key a lock created; reset by plain writes).
+    #[serde(default)]
+    pub(crate) lock_index: u64,
     pub(crate) modify_index: u64,
 }
 
@@ -193,6 +197,11 @@ impl TxnKv {
     /// keeping its lock.
     pub(crate) fn cas(key: &str, value: &[u8], flags: u64, index: u64) -> Self {
         Self { index: Some(index), ..Self::write("cas", key, value, flags) }
+    }
+
+    /// Deletes `key` (nothing when absent).
+    pub(crate) fn delete(key: &str) -> Self {
+        Self::bare("delete", key)
     }
 
     /// Deletes `key` if its `ModifyIndex` is still `index`.

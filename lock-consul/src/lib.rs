@@ -13,6 +13,13 @@
 //!   on contender keys beside the mutex's: `.lock` becomes their gate
 //!   (flags [`RW_FLAG`]), which `consul lock` refuses and a distlock mutex
 //!   queues behind.
+//! * **Semaphores** ([`LockMode::Semaphore`](lock_core::LockMode::Semaphore)),
+//!   key for key Consul's `api.Semaphore` (`consul lock -n N`): contender
+//!   keys `PREFIX/{session}` and the record `PREFIX/.lock` (flags
+//!   [`SEMAPHORE_FLAG`]), each place on a session of its own.
+//! * **Leader election**: a mutex with a value writes it as `.lock`'s value
+//!   (Consul's leader-election pattern); `proclaim` rewrites it and
+//!   `observe` follows the leader with blocking queries.
 //! * **One session per client**, renewed in the background however many
 //!   locks it holds; its invalidation makes every guard report lost at once.
 //! * **Blocking queries** for waiting and for watching held keys.
@@ -33,6 +40,7 @@ mod api;
 mod claims;
 mod config;
 mod contender;
+mod election;
 mod error;
 mod in_flight;
 mod layout;
@@ -41,6 +49,8 @@ mod monitor;
 mod reader_writer;
 mod rw_monitor;
 mod scene;
+mod semaphore;
+mod semaphore_record;
 mod session;
 mod waiting;
 
@@ -53,6 +63,7 @@ pub use layout::{NATIVE_LOCK_SUFFIX, native_lock_key, native_lock_prefix, native
 pub use lock::{ConsulLock, LOCK_FLAG};
 pub use monitor::{MAX_BLOCKING_WAITS, MAX_KEY_WATCHES};
 pub use scene::RW_FLAG;
+pub use semaphore_record::SEMAPHORE_FLAG;
 
 /// The backend's name in errors and traces.
 pub const BACKEND: &str = "consul";

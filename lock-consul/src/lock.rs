@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lock_core::{
-    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockMode,
-    LockOptions, LostReason, SessionSlot,
+    Capabilities, ClientSession, DistributedLock, FencingToken, LeaderStream, Lease, LockError, LockInfo, LockKey,
+    LockMode, LockOptions, LostReason, SessionSlot,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
@@ -15,13 +15,16 @@ use tracing::{debug, warn};
 
 use crate::api::{Api, KvEntry, MAX_BLOCKING_WAIT, TxnKv, TxnOutcome};
 use crate::claims::{Claim, Claims};
-use crate::in_flight::InFlight;
+use crate::election;
+use crate::in_flight::{Attempt, InFlight, Written};
 use crate::monitor::{Held, Monitors};
 use crate::reader_writer::{ReaderWriter, RwGrant};
-use crate::scene::RW_FLAG;
+use crate::scene::{RW_FLAG, tree};
+use crate::semaphore::{SemGrant, Semaphores};
+use crate::semaphore_record::{SEMAPHORE_FLAG, recipe_of};
 use crate::session::Session;
 use crate::waiting::pause_or_give_up;
-use crate::{BACKEND, ConsulConfig, error, native_lock_key};
+use crate::{BACKEND, ConsulConfig, error, native_lock_key, native_lock_prefix};
 
 /// The `Flags` value `api.Lock` gives its lock keys (`LockFlagValue` in
 /// Consul's Go API); a key with other flags is not a lock and is left alone.
@@ -53,6 +56,15 @@ pub const LOCK_FLAG: u64 = 0x2ddc_cbc0_58a5_0c18;
 ///   (flags [`RW_FLAG`]): `consul lock` refuses the prefix
 ///   meanwhile, and a mutex acquisition queues behind the readers and
 ///   writers.
+/// * **Counting semaphores** in [`LockMode::Semaphore`], key for key
+///   Consul's `api.Semaphore` (`consul lock -n N`), each place on a session
+///   of its own; another limit, or another recipe on the prefix, is a
+///   [`LockError::Conflict`].
+/// * **Leader election**: a mutex acquisition with a value
+///   ([`LockOptions::value`]) writes it as the lock key's value (Consul's
+///   documented leader-election pattern), `proclaim` rewrites it, and
+///   [`Locks::observe`](lock_core::Locks::observe) follows the leader with
+///   blocking queries.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), lock_core::LockError> {
@@ -70,7 +82,7 @@ pub struct ConsulLock {
     config: ConsulConfig,
     api: Api,
     sessions: SessionSlot<Session>,
-    claims: Claims,
+    claims: Arc<Claims>,
     monitors: Monitors,
 }
 
@@ -78,7 +90,11 @@ pub struct ConsulLock {
 #[derive(Debug)]
 struct ConsulGrant {
     kv_key: String,
-    modify_index: u64,
+    /// The grant's token: the index of the write that created the key.
+    token: u64,
+    /// The key's `ModifyIndex` as our last write left it (a published
+    /// value changes it).
+    modify_index: std::sync::atomic::AtomicU64,
     session: Arc<Session>,
     stop_monitor: CancellationToken,
     /// This client's claim on the key, held until the release is done.
@@ -88,11 +104,10 @@ struct ConsulGrant {
 /// What the lock key's value records about the holder.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Holder {
-    owner: String,
-    /// Unique per attempt, so each acquiring write changes the key and gets
-    /// a fresh `ModifyIndex`, and a cleanup recognises its own write.
+    pub(crate) owner: String,
+    /// Unique per attempt, so a cleanup recognises its own write.
     pub(crate) attempt: String,
-    since_ms: u64,
+    pub(crate) since_ms: u64,
 }
 
 impl Holder {
@@ -146,7 +161,7 @@ impl ConsulLock {
         config.validate()?;
         let api = Api::new(&config).map_err(|e| error::map(None, e))?;
         let monitors = Monitors::new(api.clone(), config.prefix_value().to_owned());
-        let lock = Self { config, api, sessions: SessionSlot::default(), claims: Claims::default(), monitors };
+        let lock = Self { config, api, sessions: SessionSlot::default(), claims: Arc::default(), monitors };
         lock.session(None).await?;
         Ok(lock)
     }
@@ -178,13 +193,16 @@ impl ConsulLock {
     }
 
     /// One try at the key. `seen` is the last read of it (`None`: assume
-    /// absent, the fast path of one request).
+    /// absent, the fast path of one request). The key is always created
+    /// anew (a leftover one deleted in the same transaction), so the
+    /// grant's index is the key's `CreateIndex`, which outlives a new
+    /// published value.
     async fn step(
         &self,
         key: &LockKey,
         kv_key: &str,
         session: &Session,
-        owner: &str,
+        options: &LockOptions,
         seen: Option<&KvEntry>,
     ) -> Result<Step, LockError> {
         if let Some(entry) = seen {
@@ -198,16 +216,22 @@ impl ConsulLock {
                 return Ok(Step::Held(entry.modify_index));
             }
         }
-        let holder = Holder::new(owner);
-        let value = self.lock_value(key, &holder)?;
-        let check = match seen {
-            None => TxnKv::check_not_exists(kv_key),
-            Some(entry) => TxnKv::check_index(kv_key, entry.modify_index),
+        let holder = Holder::new(options.owner_value());
+        // An election's value is the key's value, as Consul's leader
+        // election pattern has it; otherwise distlock's holder record.
+        let (value, written) = match options.value_value() {
+            Some(value) => (value.as_bytes().to_vec(), Written::Value(value.as_bytes().to_vec())),
+            None => (self.lock_value(key, &holder)?, Written::Record(holder.attempt)),
         };
-        let operations = vec![check, TxnKv::lock(kv_key, &value, LOCK_FLAG, &session.id)];
+        let mut operations = match seen {
+            None => vec![TxnKv::check_not_exists(kv_key)],
+            Some(entry) => vec![TxnKv::check_index(kv_key, entry.modify_index), TxnKv::delete(kv_key)],
+        };
+        let lock_op = operations.len();
+        operations.push(TxnKv::lock(kv_key, &value, LOCK_FLAG, &session.id));
         let sent = Instant::now();
-        let in_flight =
-            InFlight::start(self.api.clone(), kv_key.to_owned(), session.id.clone(), holder.attempt, operations);
+        let attempt = Attempt { claims: Arc::clone(&self.claims), written };
+        let in_flight = InFlight::start(self.api.clone(), kv_key.to_owned(), session.id.clone(), attempt, operations);
         match in_flight.finish().await {
             Ok(TxnOutcome::Applied(entries)) => match entries.into_iter().last().map(|keyed| keyed.entry) {
                 Some(entry) => Ok(Step::Granted(Box::new(Won { entry, sent }))),
@@ -226,10 +250,10 @@ impl ConsulLock {
                         ),
                     ));
                 }
-                if errors.iter().any(|e| e.op_index == 1 && e.what.contains("lock delay")) {
+                if errors.iter().any(|e| e.op_index == lock_op && e.what.contains("lock delay")) {
                     return Ok(Step::LockDelay);
                 }
-                if errors.iter().any(|e| e.op_index == 1 && e.what.contains("invalid session")) {
+                if errors.iter().any(|e| e.op_index == lock_op && e.what.contains("invalid session")) {
                     session.ended().fire(LostReason::SessionEnded);
                     return Ok(Step::SessionGone);
                 }
@@ -345,21 +369,23 @@ impl ConsulLock {
         let Won { entry, sent } = won;
         let loss = lock_core::LossSignal::new();
         let stop = CancellationToken::new();
+        // The write created the key: its index is the key's CreateIndex.
         self.monitors.watch(Held {
             kv_key: kv_key.clone(),
-            modify_index: entry.modify_index,
+            token: entry.create_index,
             session: Arc::clone(&session),
             loss: loss.clone(),
             stop: stop.clone(),
         });
-        debug!(%key, kv_key, modify_index = entry.modify_index, "granted");
+        debug!(%key, kv_key, token = entry.modify_index, "granted");
         let ttl = session.ttl();
         // The lock lives as long as the session, whose TTL runs from its
         // last confirmed renewal, which may be older than the lock write.
         let confirmed_at = session.confirmed_before(*sent);
         let grant = ConsulGrant {
             kv_key,
-            modify_index: entry.modify_index,
+            token: entry.create_index,
+            modify_index: std::sync::atomic::AtomicU64::new(entry.modify_index),
             session,
             stop_monitor: stop,
             claim: std::sync::Mutex::new(Some(claim)),
@@ -380,12 +406,27 @@ impl ConsulLock {
         ReaderWriter { api: &self.api, config: &self.config, sessions: &self.sessions, monitors: &self.monitors }
     }
 
+    /// The semaphore recipe on this client's connection and watches.
+    fn semaphores(&self) -> Semaphores<'_> {
+        Semaphores { api: &self.api, config: &self.config, monitors: &self.monitors }
+    }
+
     fn check_options(&self, options: &LockOptions) -> Result<(), LockError> {
         options.validate(BACKEND, &self.capabilities())
     }
 }
 
+/// The error for a lock key that is no plain lock: a semaphore's record is
+/// a conflict (the prefix is in use as a semaphore, as `consul lock` says);
+/// anything else is not a lock at all, and left alone.
 fn not_a_lock(key: &LockKey, kv_key: &str, flags: u64) -> LockError {
+    if flags == SEMAPHORE_FLAG {
+        return LockError::conflict(
+            BACKEND,
+            key,
+            format!("Existing key does not match lock use: {kv_key:?} is {}", recipe_of(flags)),
+        );
+    }
     LockError::backend(
         BACKEND,
         Some(key),
@@ -427,7 +468,8 @@ impl DistributedLock for ConsulLock {
         Capabilities::fixed_ttl(ttl)
             .with_fifo(false)
             .with_expiry_slack(ttl + self.config.effective_lock_delay() + Duration::from_secs(2))
-            .with_modes(LockMode::ALL)
+            .with_modes(LockMode::WITH_SEMAPHORE)
+            .with_values(true)
     }
 
     async fn acquire(
@@ -438,8 +480,10 @@ impl DistributedLock for ConsulLock {
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
         self.check_options(options)?;
-        if options.mode_value() != LockMode::Exclusive {
-            return self.reader_writer().acquire(key, options, deadline, None).await;
+        match options.mode_value() {
+            LockMode::Exclusive => {}
+            LockMode::Semaphore { .. } => return self.semaphores().acquire(key, options, deadline).await,
+            _ => return self.reader_writer().acquire(key, options, deadline, None).await,
         }
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let claim =
@@ -456,7 +500,7 @@ impl DistributedLock for ConsulLock {
             if session.ended().is_fired() {
                 return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
             }
-            let step = match self.step(key, &kv_key, &session, options.owner_value(), seen.as_ref()).await {
+            let step = match self.step(key, &kv_key, &session, options, seen.as_ref()).await {
                 Ok(step) => step,
                 Err(LockError::Unavailable { .. }) if answered => {
                     // Waiting through an outage, as in wait_for_change.
@@ -499,8 +543,10 @@ impl DistributedLock for ConsulLock {
 
     async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<Lease>, LockError> {
         self.check_options(options)?;
-        if options.mode_value() != LockMode::Exclusive {
-            return self.reader_writer().try_acquire(key, options, None).await;
+        match options.mode_value() {
+            LockMode::Exclusive => {}
+            LockMode::Semaphore { .. } => return self.semaphores().try_acquire(key, options).await,
+            _ => return self.reader_writer().try_acquire(key, options, None).await,
         }
         let kv_key = native_lock_key(self.config.prefix_value(), key);
         let Some(claim) = self.claims.try_claim(&kv_key) else { return Ok(None) };
@@ -510,7 +556,7 @@ impl DistributedLock for ConsulLock {
         // unlocked (an api.Lock leftover, or a stale key of our session), or
         // on a new session if ours had ended.
         for _ in 0..3 {
-            match self.step(key, &kv_key, &session, options.owner_value(), seen.as_ref()).await? {
+            match self.step(key, &kv_key, &session, options, seen.as_ref()).await? {
                 Step::Granted(won) => {
                     return Ok(Some(self.grant(key, options, session, claim, kv_key, &won)));
                 }
@@ -524,9 +570,12 @@ impl DistributedLock for ConsulLock {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
-        let session = match lease.backend_data::<RwGrant>() {
-            Some(grant) => &grant.session,
-            None => &grant_of(lease)?.session,
+        let session = if let Some(grant) = lease.backend_data::<RwGrant>() {
+            &grant.session
+        } else if let Some(grant) = lease.backend_data::<SemGrant>() {
+            &grant.session
+        } else {
+            &grant_of(lease)?.session
         };
         lease.ensure_held(BACKEND, Some(session.ended()))?;
         // The session carries every lock of the client; the key watch
@@ -543,13 +592,17 @@ impl DistributedLock for ConsulLock {
         if let Some(grant) = lease.backend_data::<RwGrant>() {
             return self.reader_writer().release(lease, grant).await;
         }
+        if let Some(grant) = lease.backend_data::<SemGrant>() {
+            return self.semaphores().release(lease, grant).await;
+        }
         let grant = grant_of(lease)?;
         if lease.is_released() {
             return Err(LockError::NotHeld { backend: BACKEND, key: lease.key().clone() });
         }
         grant.stop_monitor.cancel();
         let key = lease.key();
-        let outcome = release_key(&self.api, key, &grant.kv_key, grant.modify_index, &grant.session.id).await;
+        let ours = Ours { session: &grant.session.id, token: grant.token, modify_index: grant.current_index() };
+        let outcome = release_key(&self.api, key, &grant.kv_key, ours).await;
         let claim = grant.claim.lock().unwrap_or_else(|p| p.into_inner()).take();
         match outcome {
             Ok(Released::Clean) if !lease.loss_signal().is_fired() => {
@@ -567,15 +620,12 @@ impl DistributedLock for ConsulLock {
             Err(error) => {
                 // Unanswered: while the session lives, the key would hold
                 // the lock for good; keep deleting in the background.
-                let (api, key, kv_key, index, session) = (
-                    self.api.clone(),
-                    key.clone(),
-                    grant.kv_key.clone(),
-                    grant.modify_index,
-                    Arc::clone(&grant.session),
-                );
+                let (api, key, kv_key, session) =
+                    (self.api.clone(), key.clone(), grant.kv_key.clone(), Arc::clone(&grant.session));
+                let (token, modify_index) = (grant.token, grant.current_index());
                 tokio::spawn(async move {
-                    release_until_done(&api, &key, &kv_key, index, &session).await;
+                    let ours = Ours { session: &session.id, token, modify_index };
+                    release_until_done(&api, &key, &kv_key, ours, &session).await;
                     drop(claim);
                 });
                 Err(error)
@@ -588,32 +638,60 @@ impl DistributedLock for ConsulLock {
     }
 
     async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
-        let kv_key = native_lock_key(self.config.prefix_value(), key);
-        let (entry, _) = self.api.read_key(&kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
-        match entry {
-            // The gate of a reader/writer lock: its holders are the keys beside it.
-            Some(gate) if gate.flags == RW_FLAG => self.reader_writer().holders(key).await,
-            Some(entry) => Ok(native_holder(&entry).into_iter().collect()),
-            None => Ok(Vec::new()),
+        let lock_prefix = native_lock_prefix(self.config.prefix_value(), key.as_str());
+        let (entries, index) =
+            self.api.read_prefix(&tree(&lock_prefix), 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
+        Ok(election::holders_in_tree(&lock_prefix, entries, index))
+    }
+
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        let Some(grant) = lease.backend_data::<ConsulGrant>() else {
+            return Err(LockError::InvalidOptions {
+                backend: BACKEND,
+                message: format!(
+                    "lock {:?}: only a mutex holder (a leader) publishes a value here, not a {} holder",
+                    lease.key().as_str(),
+                    lease.mode()
+                ),
+            });
+        };
+        lease.ensure_held(BACKEND, Some(grant.session.ended()))?;
+        match election::proclaim(&self.api, lease.key(), &grant.kv_key, &grant.session, value).await {
+            Ok(index) => {
+                grant.modify_index.fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+                Ok(())
+            }
+            Err(LockError::Lost { reason, .. }) => {
+                let reason = if grant.session.ended().is_fired() { LostReason::SessionEnded } else { reason };
+                lease.loss_signal().fire(reason);
+                let reason = lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
+                Err(LockError::lost(BACKEND, lease.key(), reason))
+            }
+            Err(other) => Err(other),
         }
+    }
+
+    fn watch_leader(&self, key: &LockKey) -> Option<LeaderStream> {
+        let lock_prefix = native_lock_prefix(self.config.prefix_value(), key.as_str());
+        Some(election::watch(self.api.clone(), key.clone(), lock_prefix))
     }
 }
 
-/// The holder of a plain lock key, if it is held.
-fn native_holder(entry: &KvEntry) -> Option<LockInfo> {
-    let session = entry.holder()?;
-    let value = entry.value_bytes();
-    let token = FencingToken::new(entry.modify_index);
-    Some(match Holder::parse(&value) {
-        Some(holder) => {
-            LockInfo::new(holder.owner, token).with_held_since(UNIX_EPOCH + Duration::from_millis(holder.since_ms))
-        }
-        None => {
-            // Held by another client of this lock (consul lock, api.Lock).
-            let owner = String::from_utf8(value).ok().filter(|v| !v.is_empty() && v.len() <= 256);
-            LockInfo::new(owner.unwrap_or_else(|| format!("consul session {session}")), token)
-        }
-    })
+impl ConsulGrant {
+    /// The key's `ModifyIndex` as our last known write left it.
+    fn current_index(&self) -> u64 {
+        self.modify_index.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Our grant of a key, as a release looks for it.
+#[derive(Debug, Clone, Copy)]
+struct Ours<'a> {
+    session: &'a str,
+    /// The key's `CreateIndex` at the grant.
+    token: u64,
+    /// Its `ModifyIndex` after our last known write.
+    modify_index: u64,
 }
 
 /// How a release ended.
@@ -623,28 +701,30 @@ enum Released {
     Clean,
     /// The key was no longer ours (gone, or another session's).
     NotOurs,
-    /// Still ours but written from outside; deleted anyway.
+    /// Ours by its session, but written anew from outside; deleted anyway.
     Tampered,
 }
 
-/// Deletes our key: at once if it is unchanged since our grant; if it was
-/// written from outside but still names our session, deletes it too (this
-/// client holds the only claim on it, so nothing else of ours uses it).
-async fn release_key(
-    api: &Api,
-    key: &LockKey,
-    kv_key: &str,
-    modify_index: u64,
-    session: &str,
-) -> Result<Released, LockError> {
-    if api.delete_if_unchanged(kv_key, modify_index).await.map_err(|e| error::map(Some(key), e))? {
+/// Deletes our key: at once if it is as our last write left it; otherwise,
+/// if it still names our session, deletes it too (this client holds the
+/// only claim on it, so nothing else of ours uses it): our grant (a value
+/// we published whose answer was lost changed it) if it still has the
+/// grant's `CreateIndex`, else a key that was deleted and written again
+/// from outside.
+async fn release_key(api: &Api, key: &LockKey, kv_key: &str, ours: Ours<'_>) -> Result<Released, LockError> {
+    if api.delete_if_unchanged(kv_key, ours.modify_index).await.map_err(|e| error::map(Some(key), e))? {
         return Ok(Released::Clean);
     }
     for _ in 0..3 {
         let (entry, _) = api.read_key(kv_key, 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
-        let Some(entry) = entry.filter(|e| e.holder() == Some(session)) else { return Ok(Released::NotOurs) };
+        // Our session's reader/writer gate is not our mutex's key.
+        let ours_now = |e: &KvEntry| e.holder() == Some(ours.session) && e.flags == LOCK_FLAG;
+        let Some(entry) = entry.filter(ours_now) else { return Ok(Released::NotOurs) };
         if api.delete_if_unchanged(kv_key, entry.modify_index).await.map_err(|e| error::map(Some(key), e))? {
-            warn!(%key, kv_key, "our lock key was written from outside while held; deleted it");
+            if entry.create_index == ours.token {
+                return Ok(Released::Clean);
+            }
+            warn!(%key, kv_key, "our lock key was written anew from outside while held; deleted it");
             return Ok(Released::Tampered);
         }
     }
@@ -653,14 +733,14 @@ async fn release_key(
 
 /// Retries [`release_key`] with backoff until it is answered or the session
 /// has ended (which deletes the key too), for about a minute at most.
-async fn release_until_done(api: &Api, key: &LockKey, kv_key: &str, modify_index: u64, session: &Session) {
+async fn release_until_done(api: &Api, key: &LockKey, kv_key: &str, ours: Ours<'_>, session: &Session) {
     let mut pause = Duration::from_millis(100);
     for _ in 0..35 {
         tokio::select! {
             () = sleep(pause) => {}
             _ = session.ended().fired() => return,
         }
-        match release_key(api, key, kv_key, modify_index, &session.id).await {
+        match release_key(api, key, kv_key, ours).await {
             Ok(_) => return,
             Err(error) => debug!(kv_key, %error, "releasing our key failed; retrying"),
         }

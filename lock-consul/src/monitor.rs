@@ -1,7 +1,8 @@
 //! Reporting a held lock lost as soon as its key changes hands.
 //!
 //! A held key stays ours while it exists, names our session and keeps the
-//! `ModifyIndex` of our acquiring write (nothing of ours writes it again).
+//! `CreateIndex` of our acquiring write, which created it (a new value
+//! published by the holder keeps it too).
 //! The first [`MAX_KEY_WATCHES`] locks of a client each watch their own key
 //! with a blocking query, as `api.Lock` does; beyond that, one blocking query
 //! on the client's prefix covers them all, so a client holding thousands of
@@ -44,16 +45,18 @@ const FIRST_WATCH_DELAY: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) kv_key: String,
-    pub(crate) modify_index: u64,
+    /// The grant's token: the index of the write that created the key.
+    pub(crate) token: u64,
     pub(crate) session: Arc<Session>,
     pub(crate) loss: LossSignal,
     pub(crate) stop: CancellationToken,
 }
 
 impl Held {
-    /// Whether a key held by `holder` at `modify_index` is still our grant.
-    fn is_ours(&self, holder: Option<&str>, modify_index: u64) -> bool {
-        holder == Some(self.session.id.as_str()) && modify_index == self.modify_index
+    /// Whether a key held by `holder`, created at `create_index`, is still
+    /// our grant.
+    fn is_ours(&self, holder: Option<&str>, create_index: u64) -> bool {
+        holder == Some(self.session.id.as_str()) && create_index == self.token
     }
 
     fn report_lost(&self) {
@@ -70,6 +73,8 @@ pub(crate) struct SeenKey {
     pub(crate) holder: Option<String>,
     /// Its `ModifyIndex`.
     pub(crate) modify_index: u64,
+    /// Its `CreateIndex`.
+    pub(crate) create_index: u64,
     /// Its `Flags` (which recipe the key belongs to).
     pub(crate) flags: u64,
 }
@@ -162,7 +167,7 @@ impl Monitors {
 }
 
 async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePermit) {
-    let mut index = held.modify_index;
+    let mut index = held.token;
     let mut pause = Duration::from_millis(100);
     tokio::select! {
         () = held.stop.cancelled() => return,
@@ -177,7 +182,7 @@ async fn watch_key(api: Api, held: Held, _permit: tokio::sync::OwnedSemaphorePer
             read = api.read_key(&held.kv_key, index, MAX_BLOCKING_WAIT) => read,
         };
         match read {
-            Ok((Some(entry), next)) if held.is_ours(entry.holder(), entry.modify_index) => {
+            Ok((Some(entry), next)) if held.is_ours(entry.holder(), entry.create_index) => {
                 index = next;
                 pause = Duration::from_millis(100);
             }
@@ -202,9 +207,9 @@ async fn watch_in_prefix(held: Held, mut snapshots: watch::Receiver<Option<Snaps
     loop {
         let current = snapshots.borrow_and_update().clone();
         // A read from before our grant does not show our key yet.
-        if let Some((_, entries)) = current.as_deref().filter(|(index, _)| *index >= held.modify_index) {
+        if let Some((_, entries)) = current.as_deref().filter(|(index, _)| *index >= held.token) {
             let ours =
-                entries.get(&held.kv_key).is_some_and(|seen| held.is_ours(seen.holder.as_deref(), seen.modify_index));
+                entries.get(&held.kv_key).is_some_and(|seen| held.is_ours(seen.holder.as_deref(), seen.create_index));
             if !ours {
                 return held.report_lost();
             }
@@ -241,6 +246,7 @@ async fn read_prefix(api: Api, prefix: String, sender: watch::Sender<Option<Snap
                         let seen = SeenKey {
                             holder: e.entry.holder().map(str::to_owned),
                             modify_index: e.entry.modify_index,
+                            create_index: e.entry.create_index,
                             flags: e.entry.flags,
                         };
                         (e.key, seen)
@@ -286,7 +292,7 @@ mod tests {
         let held = Held {
             // Never written: the first fresh read shows it gone.
             kv_key: format!("{prefix}gone/.lock"),
-            modify_index: 1,
+            token: 1,
             session,
             loss: LossSignal::new(),
             stop: CancellationToken::new(),

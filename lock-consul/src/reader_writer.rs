@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{
-    ClientSession, FencingToken, Lease, LockError, LockInfo, LockKey, LockOptions, LossSignal, LostReason, SessionSlot,
+    ClientSession, FencingToken, Lease, LockError, LockKey, LockOptions, LossSignal, LostReason, SessionSlot,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ use crate::contender::{Left, Registration, leave, leave_until_done};
 use crate::monitor::Monitors;
 use crate::rw_monitor::{ChangeFeed, HeldKey, watch_held};
 use crate::scene::{Asker, Gate, Move, Scene, Ticket, Timing, gate_key, tree};
+use crate::semaphore_record::{SEMAPHORE_FLAG, recipe_of};
 use crate::session::Session;
 use crate::waiting::pause_or_give_up;
 use crate::{BACKEND, ConsulConfig, error, native_lock_prefix};
@@ -123,14 +124,6 @@ impl ReaderWriter<'_> {
         Ok(won.map(|won| self.grant(key, options, won, claim)))
     }
 
-    /// Every granted contender of `key`, in token order.
-    pub(crate) async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
-        let lock_prefix = native_lock_prefix(self.config.prefix_value(), key.as_str());
-        let (entries, index) =
-            self.api.read_prefix(&tree(&lock_prefix), 0, Duration::ZERO).await.map_err(|e| error::map(Some(key), e))?;
-        Ok(Scene::parse(&lock_prefix, entries, index).holders())
-    }
-
     /// Gives the lease up: takes its key out (handing the gate on, or
     /// deleting it after the last contender).
     pub(crate) async fn release(&self, lease: &Lease, grant: &RwGrant) -> Result<(), LockError> {
@@ -179,7 +172,7 @@ impl ReaderWriter<'_> {
         started: Instant,
     ) -> Result<Option<Won>, LockError> {
         let lock_prefix = native_lock_prefix(self.config.prefix_value(), key.as_str());
-        let ticket = Ticket::new(options.mode_value(), options.owner_value());
+        let ticket = Ticket::new(options.mode_value(), options.owner_value()).with_value(options.value_value());
         let mut session = self.session(key).await?;
         let mut renewed_session = false;
         loop {
@@ -421,14 +414,27 @@ pub(crate) fn mentions(errors: &[TxnError], what: &str) -> bool {
     errors.iter().any(|e| e.what.contains(what))
 }
 
+/// The error for a `.lock` of another recipe: a semaphore's record is a
+/// conflict (the prefix is in use as a semaphore); anything else is not a
+/// lock at all.
 fn foreign_gate(key: &LockKey, lock_prefix: &str, flags: u64) -> LockError {
+    let gate = gate_key(lock_prefix);
+    if flags == SEMAPHORE_FLAG {
+        return LockError::conflict(
+            BACKEND,
+            key,
+            format!(
+                "the Consul key {gate:?} is {}: a reader/writer lock shares its prefix only with plain locks",
+                recipe_of(flags)
+            ),
+        );
+    }
     LockError::backend(
         BACKEND,
         Some(key),
         format!(
-            "the Consul key {:?} belongs to another recipe (flags {flags:#x}; 0xe0f69a2baa414de0 is a `consul lock -n` \
-             semaphore): a reader/writer lock shares its prefix only with plain locks",
-            gate_key(lock_prefix)
+            "the Consul key {gate:?} belongs to another recipe (flags {flags:#x}): a reader/writer lock shares its \
+             prefix only with plain locks"
         ),
     )
 }

@@ -99,12 +99,20 @@ pub(crate) struct Ticket {
     /// When it was written, in milliseconds since the Unix epoch.
     #[serde(default)]
     pub(crate) since_ms: u64,
+    /// The value the holder publishes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) value: Option<String>,
 }
 
 impl Ticket {
     /// A ticket for a contender in `mode`, not yet granted.
     pub(crate) fn new(mode: LockMode, owner: &str) -> Self {
-        Self { mode: mode.name().to_owned(), owner: owner.to_owned(), granted: false, since_ms: now_ms() }
+        Self { mode: mode.name().to_owned(), owner: owner.to_owned(), granted: false, since_ms: now_ms(), value: None }
+    }
+
+    /// The same ticket, publishing `value`.
+    pub(crate) fn with_value(self, value: Option<&str>) -> Self {
+        Self { value: value.map(str::to_owned), ..self }
     }
 
     /// The same ticket, granted now.
@@ -132,6 +140,7 @@ impl Ticket {
             owner: String::from_utf8_lossy(value).chars().take(256).collect(),
             granted: false,
             since_ms: 0,
+            value: None,
         })
     }
 }
@@ -346,9 +355,13 @@ impl Scene {
             .iter()
             .filter(|c| c.ticket.granted)
             .map(|c| {
-                LockInfo::new(c.ticket.owner.clone(), FencingToken::new(c.modify_index))
+                let info = LockInfo::new(c.ticket.owner.clone(), FencingToken::new(c.modify_index))
                     .with_mode(c.ticket.mode())
-                    .with_held_since(UNIX_EPOCH + Duration::from_millis(c.ticket.since_ms))
+                    .with_held_since(UNIX_EPOCH + Duration::from_millis(c.ticket.since_ms));
+                match &c.ticket.value {
+                    Some(value) => info.with_value(value.clone()),
+                    None => info,
+                }
             })
             .collect();
         holders.sort_by_key(|info| info.token);
@@ -401,6 +414,7 @@ mod tests {
                 value: Some(base64::engine::general_purpose::STANDARD.encode(value)),
                 session: session.map(str::to_owned),
                 create_index: index,
+                lock_index: 1,
                 modify_index: index,
             },
         }

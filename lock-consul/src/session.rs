@@ -26,10 +26,35 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The client's session, shared by all its locks, watched with a
+    /// blocking query so that its end is known at once.
     pub(crate) async fn start(api: &Api, config: &ConsulConfig, key: Option<&LockKey>) -> Result<Arc<Self>, LockError> {
         let name = format!("distlock {}", lock_core::default_owner());
+        Self::open(api, config, key, &name, true).await
+    }
+
+    /// A session of one acquisition alone, named `name` (a semaphore place,
+    /// as `api.Semaphore` makes one per semaphore): renewed, but not watched,
+    /// since the acquisition watches the keys the session holds, which go
+    /// with it (Behavior `delete`).
+    pub(crate) async fn start_dedicated(
+        api: &Api,
+        config: &ConsulConfig,
+        key: &LockKey,
+        name: &str,
+    ) -> Result<Arc<Self>, LockError> {
+        Self::open(api, config, Some(key), name, false).await
+    }
+
+    async fn open(
+        api: &Api,
+        config: &ConsulConfig,
+        key: Option<&LockKey>,
+        name: &str,
+        watched: bool,
+    ) -> Result<Arc<Self>, LockError> {
         let sent = Instant::now();
-        let id = match api.create_session(&name, config.session_ttl_value(), config.lock_delay_value()).await {
+        let id = match api.create_session(name, config.session_ttl_value(), config.lock_delay_value()).await {
             Ok(id) => id,
             Err(ApiError::Status { status, body, .. }) if status == http::StatusCode::BAD_REQUEST => {
                 return Err(LockError::InvalidConfig {
@@ -49,10 +74,20 @@ impl Session {
         session.renewal.confirm(sent);
         let span = info_span!("consul_session", session = %session.id);
         let renewer = tokio::spawn(keep_alive(Arc::downgrade(&session), api.clone()).instrument(span.clone()));
-        let watcher = tokio::spawn(watch(Arc::downgrade(&session), api.clone()).instrument(span));
-        session.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([renewer, watcher]);
+        let mut tasks = vec![renewer];
+        if watched {
+            tasks.push(tokio::spawn(watch(Arc::downgrade(&session), api.clone()).instrument(span)));
+        }
+        session.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(tasks);
         debug!(session = %session.id, ttl = ?session.ttl, "session created");
         Ok(session)
+    }
+
+    /// Destroys the session (its keys go with it) and stops renewing it.
+    pub(crate) async fn destroy(&self, api: &Api) -> Result<(), ApiError> {
+        api.destroy_session(&self.id).await?;
+        self.ended.fire(LostReason::SessionEnded);
+        Ok(())
     }
 
     /// Whether a key whose lock `holder` names is held by another session

@@ -18,9 +18,12 @@ use std::num::NonZeroU32;
 /// A semaphore is a key held by at most `limit` holders at once, stored as
 /// the service's native semaphore (Consul's `api.Semaphore` and `consul lock
 /// -n`, Curator's `InterProcessSemaphoreV2`). Contenders that disagree on
-/// the limit get [`LockError::Conflict`](crate::LockError::Conflict). Not
-/// every backend can tell every other mode apart from a semaphore on the
-/// same key (Curator's layouts differ); use a key for one purpose.
+/// the limit get [`LockError::Conflict`](crate::LockError::Conflict).
+/// Where the service keeps a semaphore and a lock on one key apart (Consul:
+/// the flags of `.lock`), asking one while the other holds is a `Conflict`
+/// rather than a wait; and not every backend can tell every other mode
+/// apart from a semaphore on the same key (Curator's layouts differ). Use a
+/// key for one purpose.
 ///
 /// `Exclusive` is the mutex, stored as each service's native lock is
 /// (`etcdctl lock`, `consul lock`, Curator's `InterProcessMutex`).
