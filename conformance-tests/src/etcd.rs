@@ -117,6 +117,19 @@ impl EtcdHarness {
     }
 }
 
+/// The `etcdctl` installed by `scripts/services install etcd`, or the one
+/// `DISTLOCK_ETCDCTL` names.
+///
+/// # Panics
+/// When there is none.
+pub fn etcdctl() -> PathBuf {
+    let path = std::env::var_os("DISTLOCK_ETCDCTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::services_dir().join("bin/etcdctl"));
+    assert!(path.exists(), "no etcdctl at {}: run `scripts/services install etcd`", path.display());
+    path
+}
+
 /// Starts an etcd of the test's own on free loopback ports (plain HTTP), for
 /// faults that must not reach other tests' service, such as pausing it;
 /// returns it with its client URL. Stopped when the server is dropped.

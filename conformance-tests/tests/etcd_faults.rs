@@ -1,6 +1,7 @@
 //! etcd under faults the conformance suite does not inject on every backend:
 //! its history compacted while a client's watch stream was down, and a
-//! release that happens while a waiter's stream is down.
+//! release that happens while a waiter's (or a semaphore waiter's, or a
+//! leader observer's) stream is down.
 //!
 //! The tests in this file compact the shared etcd's history, which would
 //! break watches of other tests running at the same time (etcdctl's own lock
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use conformance_tests::etcd::EtcdHarness;
 use conformance_tests::{Harness, Namespace};
+use futures_util::StreamExt;
 use lock_core::{LockError, LostReason};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep, timeout};
@@ -99,6 +101,101 @@ async fn waiter_sees_a_release_made_while_its_stream_was_down() {
         }
     };
     timeout(Duration::from_secs(10), freed).await.unwrap_or_else(|_| panic!("the released key was left behind"));
+}
+
+/// A semaphore waiter watches every deletion among its places: a place
+/// freed while its watch stream was down, with etcd's history compacted
+/// past the watch's revision meanwhile, is still its turn once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_waiter_sees_a_place_freed_while_its_stream_was_down() {
+    let _serial = SERIAL.lock().await;
+    let h = EtcdHarness::from_env();
+    let ns = Namespace::new();
+    let key = ns.key("place freed while down");
+    let (holders, waiter) = (h.client().await, h.client().await);
+    let mut places = Vec::new();
+    for _ in 0..2 {
+        let place = holders.locks.semaphore(key.as_str(), 2).try_acquire().await.ok().flatten();
+        places.push(place.unwrap_or_else(|| panic!("could not take a place of a free semaphore")));
+    }
+    let waiting = {
+        let (locks, key) = (waiter.locks.clone(), key.clone());
+        tokio::spawn(async move { locks.semaphore(key.as_str(), 2).acquire().await })
+    };
+    let queued = async {
+        while h.leftover(ns.prefix()).await < 3 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), queued).await.unwrap_or_else(|_| panic!("the waiter never queued"));
+    // Let its watch of the places be made (no event tells).
+    sleep(Duration::from_millis(500)).await;
+    waiter.control.cut_off().await;
+    let freed = places.pop().unwrap_or_else(|| panic!("two places"));
+    freed.release().await.unwrap_or_else(|e| panic!("release: {e}"));
+    h.compact().await;
+    waiter.control.reset_connections().await;
+    waiter.control.restore().await;
+    let granted = timeout(Duration::from_secs(5), waiting).await;
+    let granted = granted.unwrap_or_else(|_| panic!("the waiter was not granted a freed place within 5 s"));
+    let granted = granted.unwrap_or_else(|e| panic!("the waiting task failed: {e}"));
+    let place = granted.unwrap_or_else(|e| panic!("the waiter's acquire failed: {e}"));
+    let released = place.release().await;
+    assert!(matches!(released, Ok(()) | Err(LockError::Unavailable { .. })), "release: {released:?}");
+    for place in places {
+        place.release().await.unwrap_or_else(|e| panic!("release: {e}"));
+    }
+    let freed = async {
+        while h.leftover(ns.prefix()).await > 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), freed).await.unwrap_or_else(|_| panic!("a place was left behind"));
+}
+
+/// The next leader an observer reports within 5 s, skipping errors (reads
+/// that met the broken connection).
+async fn next_leader(leaders: &mut lock_core::LeaderStream, step: &str) -> Option<lock_core::LockInfo> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, leaders.next()).await {
+            Ok(Some(Ok(leader))) => return leader,
+            Ok(Some(Err(_))) => {}
+            Ok(None) => panic!("{step}: the observer's stream ended"),
+            Err(_) => panic!("{step}: the observer reported nothing within 5 s"),
+        }
+    }
+}
+
+/// An observer's watch stream goes down, the leader proclaims a new value
+/// and etcd's history is compacted past the observer's watch: once back,
+/// the observer reads the leader again (the new value), and goes on
+/// watching from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_survives_compaction_and_reconnect() {
+    let _serial = SERIAL.lock().await;
+    let h = EtcdHarness::from_env();
+    let ns = Namespace::new();
+    let key = ns.key("observed across compaction");
+    let (leader, observer) = (h.client().await, h.client().await);
+    let leading = leader.locks.lock(key.as_str()).value("v1").try_acquire().await.ok().flatten();
+    let leading = leading.unwrap_or_else(|| panic!("could not lead a free election"));
+    let mut leaders = observer.locks.observe(key.as_str()).unwrap_or_else(|e| panic!("observe: {e}"));
+    let seen = next_leader(&mut leaders, "the leader").await;
+    assert_eq!(seen.and_then(|l| l.value).as_deref(), Some("v1"));
+    observer.control.cut_off().await;
+    leading.proclaim("v2").await.unwrap_or_else(|e| panic!("proclaim: {e}"));
+    h.compact().await;
+    observer.control.reset_connections().await;
+    observer.control.restore().await;
+    let seen = next_leader(&mut leaders, "after the compaction").await;
+    assert_eq!(
+        seen.map(|l| (l.token, l.value)),
+        Some((leading.token(), Some("v2".to_owned()))),
+        "the value proclaimed while the observer was cut off"
+    );
+    leading.release().await.unwrap_or_else(|e| panic!("release: {e}"));
+    assert_eq!(next_leader(&mut leaders, "after the release").await, None, "nobody leads");
 }
 
 /// The server itself paused (SIGSTOP) past the TTL, then resumed: the

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use conformance_tests::etcd::{EtcdHarness, NAMESPACE};
+use conformance_tests::etcd::{EtcdHarness, NAMESPACE, etcdctl};
 use conformance_tests::process::NativeCommand;
 use conformance_tests::{Harness, Namespace, cases};
 use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget};
@@ -38,16 +38,6 @@ async fn lease_revoked_from_outside_reports_lost_within_one_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_deleted_from_outside_reports_lost_within_one_second() {
     cases::broken_lock_reported_within(&harness(), Duration::from_secs(1)).await;
-}
-
-/// The `etcdctl` installed by `scripts/services install etcd`, or the one
-/// `DISTLOCK_ETCDCTL` names.
-fn etcdctl() -> std::path::PathBuf {
-    let path = std::env::var_os("DISTLOCK_ETCDCTL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| conformance_tests::services_dir().join("bin/etcdctl"));
-    assert!(path.exists(), "no etcdctl at {}: run `scripts/services install etcd`", path.display());
-    path
 }
 
 /// `etcdctl lock NAME sh -c SCRIPT`.

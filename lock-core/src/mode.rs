@@ -45,7 +45,10 @@ use std::num::NonZeroU32;
 /// * a read grant's token is greater than every earlier write grant's.
 ///
 /// Readers that become free together (a writer leaves) may be granted in any
-/// order, so one reader's token may be below an earlier reader's.
+/// order, so one reader's token may be below an earlier reader's. The same
+/// holds for semaphore holders let in by the same release: each token is
+/// greater than those of every holder granted before that release, and
+/// holders granted together are never compared.
 /// A resource that accepts a write only with a token at least as high as the
 /// highest it has seen, and a read only with a token above the last write
 /// token it accepted, refuses every paused holder's late operation. Readers

@@ -23,9 +23,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 use tracing::{debug, warn};
 
+use crate::contender::Standing;
+
 /// What the write of a contender key returned: its create revision, and
-/// whether it holds the lock.
-pub(crate) type WriteOutcome = Result<(i64, bool), LockError>;
+/// where it stands.
+pub(crate) type WriteOutcome = Result<(i64, Standing), LockError>;
 
 /// What an attempt knows about the key it wrote.
 #[derive(Debug)]

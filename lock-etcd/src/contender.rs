@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, SortOrder, Txn, TxnOp};
-use lock_core::{ClientSession, LockError, LockKey, LockOptions, LostReason};
+use lock_core::{ClientSession, LockError, LockKey, LockMode, LockOptions, LostReason};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
@@ -14,6 +14,7 @@ use crate::cleanup::{Leftover, WriteOutcome, Written};
 use crate::client::Session;
 use crate::queue::KeyRange;
 use crate::reader_writer::Contention;
+use crate::semaphore::{Places, Record};
 use crate::{BACKEND, EtcdLock, error};
 
 /// A contender key of ours that etcd has written.
@@ -25,8 +26,20 @@ pub(crate) struct Entered {
     pub(crate) contender: String,
     /// Its create revision: its place in the queue, and its fencing token.
     pub(crate) revision: i64,
-    /// Whether nothing blocked it when it was written.
-    pub(crate) holds: bool,
+    /// Where it stood when it was written.
+    pub(crate) standing: Standing,
+}
+
+/// Where a contender key stood when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Nothing blocked it: it holds the lock.
+    Holds,
+    /// It waits for keys created before it.
+    Waits,
+    /// It may not contend: a semaphore of another limit uses the lock (the
+    /// message says which).
+    Conflict(String),
 }
 
 impl EtcdLock {
@@ -65,8 +78,8 @@ impl EtcdLock {
                 self.client.clone(),
                 key.clone(),
                 contender.clone(),
-                contention.blockers().to_vec(),
-                options.owner_value().to_owned(),
+                Queue { blockers: contention.blockers().to_vec(), places: contention.places().cloned() },
+                stored_value(options.mode_value(), options.owner_value(), options.value_value()),
                 session.id(),
                 self.config.request_timeout_value(),
             ));
@@ -77,9 +90,9 @@ impl EtcdLock {
                 write: Some(write),
             };
             match in_flight.outcome(key).await {
-                Ok((revision, holds)) => {
+                Ok((revision, standing)) => {
                     attempt.leftover = Some(leftover(&session, contender.clone(), Written::At(revision)));
-                    return Ok(Entered { session, contender, revision, holds });
+                    return Ok(Entered { session, contender, revision, standing });
                 }
                 Err(error) if !retried && error::is_lease_not_found(&error) => {
                     debug!(%key, "etcd no longer knows our lease; taking a new one");
@@ -111,10 +124,29 @@ impl EtcdLock {
     }
 }
 
+/// The value a contender key stores: a semaphore contender's record, or the
+/// value the holder publishes (a leader's proposal, where etcd's election
+/// keeps it), or else the owner string.
+pub(crate) fn stored_value(mode: LockMode, owner: &str, value: Option<&str>) -> String {
+    match Record::new(mode, owner, value) {
+        Some(record) => record.encode(),
+        None => value.unwrap_or(owner).to_owned(),
+    }
+}
+
+/// What a contender waits for: keys of `blockers` created before its own,
+/// and for a semaphore, its `places` once full.
+struct Queue {
+    blockers: Vec<KeyRange>,
+    places: Option<Places>,
+}
+
 /// Writes a fresh contender key and reads, in the same transaction, the
-/// first key of each range in `blockers`. Returns our key's create revision
-/// and whether we hold the lock: whether no range holds a key created before
-/// ours.
+/// first key of each range in the queue's blockers, and every key of its
+/// places. Returns our key's create revision and where it stands: it holds
+/// when no blocker was created before it and, for a semaphore, fewer than
+/// its limit of places are taken; it may not contend when a place names
+/// another limit.
 ///
 /// A key of ours that already exists is stale (a holding whose release did
 /// not land, or an attempt whose cleanup did not): it is deleted and written
@@ -123,15 +155,17 @@ async fn write_contender(
     client: Client,
     key: LockKey,
     mine: String,
-    blockers: Vec<KeyRange>,
-    owner: String,
+    queue: Queue,
+    value: String,
     lease: i64,
     limit: std::time::Duration,
 ) -> WriteOutcome {
+    let Queue { blockers, places } = queue;
     let mut kv = client.kv_client();
     for _ in 0..3 {
-        let mut writes = vec![TxnOp::put(mine.clone(), owner.clone(), Some(PutOptions::new().with_lease(lease)))];
+        let mut writes = vec![TxnOp::put(mine.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))];
         writes.extend(blockers.iter().map(|range| range.first(SortOrder::Ascend, None)));
+        writes.extend(places.iter().map(|places| places.range.all()));
         let txn = Txn::new()
             .when([Compare::create_revision(mine.clone(), CompareOp::Equal, 0)])
             .and_then(writes)
@@ -145,9 +179,20 @@ async fn write_contender(
             let revision =
                 response.header().map(|h| h.revision()).ok_or_else(|| error::malformed(Some(&key), "txn header"))?;
             // Our own key is the only one at our revision.
-            let holds = (1..=blockers.len())
+            let free = (1..=blockers.len())
                 .all(|index| first_kv(&responses, index).is_none_or(|first| first.create_revision() == revision));
-            return Ok((revision, holds));
+            let room = match &places {
+                Some(places) => {
+                    let others = all_kvs(&responses, blockers.len() + 1);
+                    match places.taken(others.iter().filter(|other| other.create_revision() != revision)) {
+                        Ok(taken) => taken < usize::try_from(places.limit.get()).unwrap_or(usize::MAX),
+                        Err(conflict) => return Ok((revision, Standing::Conflict(conflict))),
+                    }
+                }
+                None => true,
+            };
+            let standing = if free && room { Standing::Holds } else { Standing::Waits };
+            return Ok((revision, standing));
         }
         if let Some(stale) = first_kv(&responses, 0).map(KeyValue::create_revision) {
             debug!(%key, stale, "replacing a stale contender key of our lease");
@@ -220,9 +265,14 @@ impl Drop for Attempt<'_> {
 
 /// The first key a transaction's `index`th read found.
 pub(crate) fn first_kv(responses: &[etcd_client::TxnOpResponse], index: usize) -> Option<&KeyValue> {
-    match responses.get(index)? {
-        etcd_client::TxnOpResponse::Get(get) => get.kvs().first(),
-        _ => None,
+    all_kvs(responses, index).first()
+}
+
+/// Every key a transaction's `index`th read found.
+pub(crate) fn all_kvs(responses: &[etcd_client::TxnOpResponse], index: usize) -> &[KeyValue] {
+    match responses.get(index) {
+        Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs(),
+        _ => &[],
     }
 }
 

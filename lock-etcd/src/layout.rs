@@ -1,20 +1,25 @@
 //! How distlock keys map onto etcd keys: exactly the layout of etcd's own
 //! lock (`clientv3/concurrency.Mutex`, the server's Lock RPC and
-//! `etcdctl lock`), so all of them exclude each other, and the prefixes of
-//! etcd's reader/writer recipe (`client/v3/experimental/recipes.RWMutex`).
+//! `etcdctl lock`) and election (`concurrency.Election`, `etcdctl elect`),
+//! so all of them exclude each other, the prefixes of etcd's reader/writer
+//! recipe (`client/v3/experimental/recipes.RWMutex`), and a subtree of our
+//! own for semaphores, for which etcd has no recipe.
 //!
 //! A distlock key `K` under namespace `N` is the native lock name
 //! `N + escape(K)`, where `escape` writes `%` as `%25` and `/` as `%2F`. Each
 //! contender writes one key under `{name}/`:
 //!
-//! * the mutex ([`LockMode::Exclusive`]): `{name}/{lease id in lowercase hex}`;
+//! * the mutex ([`LockMode::Exclusive`]): `{name}/{lease id in lowercase hex}`
+//!   (an election candidate too: its value is the proposal);
 //! * a reader: `{name}/read/{lease hex}-{n}`, a writer:
 //!   `{name}/write/{lease hex}-{n}`, with `n` new for every attempt of the
 //!   client (see [`reader_writer`](crate::reader_writer) for why not the
-//!   recipe's `{name}/read/{unix nanos}`).
+//!   recipe's `{name}/read/{unix nanos}`);
+//! * a semaphore contender: `{name}/semaphore/{lease hex}-{n}`, its value
+//!   naming the limit (see [`semaphore`](crate::semaphore)).
 //!
-//! A lease id in hex never starts with `r` or `w`, so a mutex key never lies
-//! under `{name}/read` or `{name}/write`. Escaping keeps keys independent:
+//! A lease id in hex never starts with `r`, `s` or `w`, so a mutex key never
+//! lies under `{name}/read`, `{name}/semaphore` or `{name}/write`. Escaping keeps keys independent:
 //! etcd's lock reads its contenders by prefix `{name}/`, so without it the
 //! lock `a` would also see the contenders of `a/b`.
 //!
@@ -51,38 +56,54 @@ pub(crate) fn contender_key(namespace: &str, key: &LockKey, lease: i64) -> Strin
     format!("{}{lease:x}", contenders_prefix(namespace, key))
 }
 
-/// `{name}/read/` or `{name}/write/`: where the readers or the writers of
-/// one lock live (the recipe's `{name}/read` and `{name}/write` subtrees).
+/// `{name}/read/`, `{name}/write/` or `{name}/semaphore/`: where the
+/// readers, the writers (the recipe's `{name}/read` and `{name}/write`
+/// subtrees) or the semaphore contenders of one lock live.
 pub(crate) fn side_prefix(namespace: &str, key: &LockKey, mode: LockMode) -> String {
-    let side = if mode.is_shared() { READ } else { WRITE };
+    let side = match mode {
+        LockMode::Read => READ,
+        LockMode::Semaphore { .. } => SEMAPHORE,
+        _ => WRITE,
+    };
     format!("{}{side}/", contenders_prefix(namespace, key))
 }
 
-/// `{name}/read/{lease hex}-{n}` or `{name}/write/{lease hex}-{n}`: the key
-/// of attempt `n` of a lease to read or write.
-pub(crate) fn reader_writer_key(namespace: &str, key: &LockKey, mode: LockMode, lease: i64, n: u64) -> String {
+/// `{name}/read/{lease hex}-{n}`, `{name}/write/{lease hex}-{n}` or
+/// `{name}/semaphore/{lease hex}-{n}`: the key of attempt `n` of a lease to
+/// read, write or take a semaphore's place.
+pub(crate) fn attempt_key(namespace: &str, key: &LockKey, mode: LockMode, lease: i64, n: u64) -> String {
     format!("{}{lease:x}-{n}", side_prefix(namespace, key, mode))
 }
 
 /// The mode a contender key found under `prefix` (`{name}/`) holds or asks
-/// for: readers and writers by the recipe's subtrees (`{name}/read/...`,
-/// `{name}/write/...`), anything else is a mutex contender (etcd's lock,
-/// `etcdctl lock`).
-pub(crate) fn mode_of(prefix: &str, contender: &[u8]) -> LockMode {
-    let Some(rest) = contender.strip_prefix(prefix.as_bytes()) else { return LockMode::Exclusive };
-    if rest.starts_with(format!("{READ}/").as_bytes()) {
-        LockMode::Read
-    } else if rest.starts_with(format!("{WRITE}/").as_bytes()) {
-        LockMode::Write
-    } else {
-        LockMode::Exclusive
+/// for, from its name and `value`: readers and writers by the recipe's
+/// subtrees (`{name}/read/...`, `{name}/write/...`), semaphore contenders by
+/// theirs and the limit their value names; anything else is a mutex
+/// contender (etcd's lock and election, `etcdctl lock`), and so is a key in
+/// the semaphore subtree whose value names no limit.
+pub(crate) fn mode_of(prefix: &str, contender: &[u8], value: &[u8]) -> LockMode {
+    match side_of(prefix, contender) {
+        Some(READ) => LockMode::Read,
+        Some(WRITE) => LockMode::Write,
+        Some(_) => crate::semaphore::Record::parse(value).map_or(LockMode::Exclusive, |record| record.mode()),
+        None => LockMode::Exclusive,
     }
+}
+
+/// The subtree of `prefix` (`{name}/`) a contender key lies in, if any.
+fn side_of(prefix: &str, contender: &[u8]) -> Option<&'static str> {
+    let rest = contender.strip_prefix(prefix.as_bytes())?;
+    [READ, WRITE, SEMAPHORE]
+        .into_iter()
+        .find(|side| rest.strip_prefix(side.as_bytes()).is_some_and(|r| r.starts_with(b"/")))
 }
 
 /// The subtree of readers, as the recipe names it.
 const READ: &str = "read";
 /// The subtree of writers, as the recipe names it.
 const WRITE: &str = "write";
+/// The subtree of semaphore contenders.
+const SEMAPHORE: &str = "semaphore";
 
 /// The first key after every key that starts with `prefix`: the end of an
 /// etcd prefix range.
@@ -120,15 +141,17 @@ mod tests {
 
     #[test]
     fn no_lock_sees_another_locks_contenders() {
-        let keys = ["a", "a/", "a/b", "a%2Fb", "a%", "ab", "a/b/c", "a/read", "a/write", "read", "a/read/1-0"];
+        let keys =
+            ["a", "a/", "a/b", "a%2Fb", "a%", "ab", "a/b/c", "a/read", "a/write", "read", "a/read/1-0", "a/semaphore"];
         for one in keys {
             for other in keys.iter().filter(|k| **k != one) {
                 let range = contenders_prefix("ns/", &key(one));
                 let other = key(other);
                 let contenders = [
                     contender_key("ns/", &other, 0x1a2b),
-                    reader_writer_key("ns/", &other, LockMode::Read, 0x1a2b, 0),
-                    reader_writer_key("ns/", &other, LockMode::Write, 0x1a2b, 7),
+                    attempt_key("ns/", &other, LockMode::Read, 0x1a2b, 0),
+                    attempt_key("ns/", &other, LockMode::Write, 0x1a2b, 7),
+                    attempt_key("ns/", &other, LockMode::Semaphore { limit: std::num::NonZeroU32::MIN }, 0x1a2b, 8),
                 ];
                 for contender in contenders {
                     assert!(!contender.starts_with(&range), "{one:?} would see {other}'s contender {contender}");
@@ -142,17 +165,24 @@ mod tests {
         let k = key("a/b");
         let prefix = contenders_prefix("ns/", &k);
         for lease in [0, 0xa, 0xdead, i64::MAX] {
-            assert_eq!(mode_of(&prefix, contender_key("ns/", &k, lease).as_bytes()), LockMode::Exclusive);
+            assert_eq!(mode_of(&prefix, contender_key("ns/", &k, lease).as_bytes(), b""), LockMode::Exclusive);
             for mode in [LockMode::Read, LockMode::Write] {
-                let contender = reader_writer_key("ns/", &k, mode, lease, 3);
+                let contender = attempt_key("ns/", &k, mode, lease, 3);
                 assert!(contender.starts_with(&side_prefix("ns/", &k, mode)), "{contender}");
-                assert_eq!(mode_of(&prefix, contender.as_bytes()), mode, "{contender}");
+                assert_eq!(mode_of(&prefix, contender.as_bytes(), b"owner"), mode, "{contender}");
             }
+            let three = LockMode::semaphore(3).unwrap_or_else(|| panic!("3 > 0"));
+            let contender = attempt_key("ns/", &k, three, lease, 4);
+            assert!(contender.starts_with("ns/a%2Fb/semaphore/"), "{contender}");
+            let value = crate::semaphore::Record::new(three, "o", None).map(|r| r.encode()).unwrap_or_default();
+            assert_eq!(mode_of(&prefix, contender.as_bytes(), value.as_bytes()), three, "{contender}");
+            assert_eq!(mode_of(&prefix, contender.as_bytes(), b"not a record"), LockMode::Exclusive);
         }
         // The recipe's own keys, and anything else under the lock.
-        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/read/1700000000000000000"), LockMode::Read);
-        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/write/1700000000000000000"), LockMode::Write);
-        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/reader"), LockMode::Exclusive);
+        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/read/1700000000000000000", b""), LockMode::Read);
+        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/write/1700000000000000000", b""), LockMode::Write);
+        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/reader", b""), LockMode::Exclusive);
+        assert_eq!(mode_of(&prefix, b"ns/a%2Fb/semaphores", b""), LockMode::Exclusive);
     }
 
     #[test]
@@ -165,9 +195,9 @@ mod tests {
     #[test]
     fn matches_etcds_own_layout() {
         assert_eq!(contender_key("distlock/", &key("deploy"), 0x694d7a1b2c3d4e5f), "distlock/deploy/694d7a1b2c3d4e5f");
-        let reader = reader_writer_key("distlock/", &key("deploy"), LockMode::Read, 0x694d, 12);
+        let reader = attempt_key("distlock/", &key("deploy"), LockMode::Read, 0x694d, 12);
         assert_eq!(reader, "distlock/deploy/read/694d-12");
-        let writer = reader_writer_key("distlock/", &key("deploy"), LockMode::Write, 0x694d, 13);
+        let writer = attempt_key("distlock/", &key("deploy"), LockMode::Write, 0x694d, 13);
         assert_eq!(writer, "distlock/deploy/write/694d-13");
         assert_eq!(native_prefix("n/", "x/%"), "n/x%2F%25");
     }

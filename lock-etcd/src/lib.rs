@@ -14,6 +14,17 @@
 //! other only, writers and mutex holders (ours, Go's, `etcdctl lock`) exclude
 //! everyone, and a waiting writer holds back the readers that come after it.
 //!
+//! Counting semaphores ([`LockMode::Semaphore`](lock_core::LockMode::Semaphore))
+//! queue with them under `{name}/semaphore/...`, each key's value naming the
+//! limit: the first `limit` contenders hold while only semaphore contenders of
+//! that limit are before them, so `etcdctl lock` and a semaphore of any limit
+//! exclude each other; a contender naming another limit gets
+//! [`LockError::Conflict`](lock_core::LockError::Conflict). Leader election is
+//! etcd's own (`concurrency.Election`, `etcdctl elect`): a mutex whose key's
+//! value is the published proposal; [`proclaim`](lock_core::LockGuard::proclaim)
+//! replaces it while leading, and
+//! [`observe`](lock_core::Locks::observe) watches the first key under the name.
+//!
 //! * **One lease per client**, granted on first use and kept alive by one
 //!   keep-alive stream for every lock of the client: holding 1,000 locks costs
 //!   one keep-alive every third of the TTL. When etcd reports the lease gone,
@@ -22,10 +33,13 @@
 //!   TTL, set on the client ([`EtcdConfig::lease_ttl`]).
 //! * **Fair**: contenders are served in create-revision order; each waiter
 //!   watches only the deletion of the contender just before it, so a release
-//!   wakes one waiter, not a herd. All watches share one watch stream.
+//!   wakes one waiter, not a herd (but for a full semaphore's waiters, for
+//!   whom the end of any place before theirs may be their turn). All
+//!   watches share one watch stream.
 //! * **Fenced**: the token is the holder key's create revision, which etcd
 //!   increases on every write; in every mode, a grant's token is above every
-//!   earlier grant's it does not share the lock with.
+//!   earlier grant's it does not share the lock with, and above every grant
+//!   made before its contender queued.
 //! * **Safe release**: release deletes our key only if it still has our create
 //!   revision, so a stale handle never frees someone else's grant; a deletion
 //!   of our key by anyone else is reported as loss at once.
@@ -55,12 +69,14 @@ mod cleanup;
 mod client;
 mod config;
 mod contender;
+mod election;
 mod error;
 mod layout;
 mod lock;
 mod monitor;
 mod queue;
 mod reader_writer;
+mod semaphore;
 mod watch;
 
 pub use config::{DEFAULT_ENDPOINT, ENDPOINTS_ENV, EtcdConfig, EtcdTls};

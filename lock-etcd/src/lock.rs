@@ -1,8 +1,10 @@
-//! The lock: etcd's own mutex and the reader/writer recipe beside it, with
-//! fencing, loss reporting and cleanup of every cancelled or timed-out
-//! attempt. Writing and withdrawing contender keys is in
-//! [`contender`](crate::contender), waiting in [`queue`](crate::queue), who
-//! waits for whom in [`reader_writer`](crate::reader_writer).
+//! The lock: etcd's own mutex and election, and the reader/writer recipe and
+//! semaphore beside them, with fencing, loss reporting and cleanup of every
+//! cancelled or timed-out attempt. Writing and withdrawing contender keys is
+//! in [`contender`](crate::contender), waiting in [`queue`](crate::queue),
+//! who waits for whom in [`reader_writer`](crate::reader_writer) and
+//! [`semaphore`](crate::semaphore), publishing and observing values in
+//! [`election`](crate::election).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use lock_core::{
-    Capabilities, ClientSession, DistributedLock, FencingToken, Lease, LockError, LockInfo, LockKey, LockMode,
-    LockOptions, LossSignal, LostReason, SessionSlot,
+    Capabilities, ClientSession, DistributedLock, FencingToken, LeaderStream, Lease, LockError, LockInfo, LockKey,
+    LockMode, LockOptions, LossSignal, LostReason, SessionSlot,
 };
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -20,23 +22,25 @@ use tracing::debug;
 
 use crate::cleanup::{Cleanups, Written};
 use crate::client::{Session, connect};
-use crate::contender::{Attempt, Entered, leftover, lost};
+use crate::contender::{Attempt, Entered, Standing, leftover, lost};
 use crate::layout::{contenders_prefix, mode_of};
 use crate::monitor::{HeldKey, monitor};
 use crate::reader_writer::{Contention, holder_info, holders};
 use crate::watch::WatchHub;
 use crate::{BACKEND, EtcdConfig, error};
 
-/// A distributed lock on etcd, wire-compatible with etcd's own lock and
-/// reader/writer recipe.
+/// A distributed lock on etcd, wire-compatible with etcd's own lock,
+/// election and reader/writer recipe.
 ///
 /// Each client holds one lease, kept alive by one keep-alive stream for all
 /// its locks, and one watch stream for all its waits. A contender writes
-/// one key attached to the lease: `{lock name}/{lease hex}` for the mutex,
-/// `{lock name}/read/...` or `{lock name}/write/...` for the two sides of a
-/// reader/writer lock. Keys are served in create-revision order; each waiter
-/// watches only the key just before it that it waits for; the fencing token
-/// is the key's create revision. See the [crate docs](crate) for the key
+/// one key attached to the lease: `{lock name}/{lease hex}` for the mutex
+/// (an election candidate's value is its proposal), `{lock name}/read/...`
+/// or `{lock name}/write/...` for the two sides of a reader/writer lock,
+/// `{lock name}/semaphore/...` for a semaphore's places. Keys are served in
+/// create-revision order; each waiter watches only the key just before it
+/// that it waits for (a semaphore waiter every place); the fencing token is
+/// the key's create revision. See the [crate docs](crate) for the key
 /// layout and the guarantees.
 ///
 /// ```no_run
@@ -74,10 +78,13 @@ impl std::fmt::Debug for EtcdLock {
 
 /// What an etcd lease remembers about its grant.
 #[derive(Debug)]
-struct EtcdGrant {
-    contender: String,
-    revision: i64,
-    session: Arc<Session>,
+pub(crate) struct EtcdGrant {
+    /// Our key.
+    pub(crate) contender: String,
+    /// Its create revision: the token.
+    pub(crate) revision: i64,
+    /// The lease the key is attached to.
+    pub(crate) session: Arc<Session>,
     stop_monitor: CancellationToken,
 }
 
@@ -136,6 +143,23 @@ impl EtcdLock {
         Contention::new(self.config.namespace_value(), key, mode, attempt)
     }
 
+    /// Takes back a contender key that will not hold (a conflict); if that
+    /// is not answered, the attempt's clean-up keeps trying in the
+    /// background. Returns `error`.
+    async fn give_up(
+        &self,
+        key: &LockKey,
+        entered: &Entered,
+        attempt: &mut Attempt<'_>,
+        error: LockError,
+    ) -> LockError {
+        debug!(%key, %error, "withdrawing our contender key");
+        if self.withdraw(key, &entered.contender, entered.revision).await.is_ok() {
+            attempt.done();
+        }
+        error
+    }
+
     /// Turns our contender key into a lease, watching for its loss.
     fn grant(&self, key: &LockKey, options: &LockOptions, entered: Entered) -> Lease {
         let Entered { session, contender, revision, .. } = entered;
@@ -166,7 +190,7 @@ impl EtcdLock {
         .with_mode(mode)
     }
 
-    fn grant_of(lease: &Lease) -> Result<&EtcdGrant, LockError> {
+    pub(crate) fn grant_of(lease: &Lease) -> Result<&EtcdGrant, LockError> {
         lease.backend_data_for::<EtcdGrant>(BACKEND)
     }
 }
@@ -182,7 +206,8 @@ impl DistributedLock for EtcdLock {
         Capabilities::fixed_ttl(ttl)
             .with_fifo(true)
             .with_expiry_slack(std::time::Duration::from_secs(2))
-            .with_modes(LockMode::ALL)
+            .with_modes(LockMode::WITH_SEMAPHORE)
+            .with_values(true)
     }
 
     async fn acquire(
@@ -195,8 +220,12 @@ impl DistributedLock for EtcdLock {
         let contention = self.contention(key, options.mode_value());
         let mut attempt = Attempt::new(self);
         let entered = self.enter(key, options, &contention, &mut attempt, deadline).await?;
-        if !entered.holds {
-            let waited = self.wait_for_turn(key, &entered, contention.blockers(), deadline, started).await;
+        if let Standing::Conflict(message) = &entered.standing {
+            let error = LockError::conflict(BACKEND, key, message.clone());
+            return Err(self.give_up(key, &entered, &mut attempt, error).await);
+        }
+        if entered.standing == Standing::Waits {
+            let waited = self.wait_for_turn(key, &entered, &contention, deadline, started).await;
             if let Err(error) = waited {
                 // A lost key is gone already; otherwise withdraw it, and if
                 // that is not answered (or we are dropped meanwhile), the
@@ -226,13 +255,21 @@ impl DistributedLock for EtcdLock {
             ),
             other => other,
         })?;
-        if !entered.holds {
-            self.withdraw(key, &entered.contender, entered.revision).await?;
-            attempt.done();
-            return Ok(None);
+        match &entered.standing {
+            Standing::Holds => {
+                attempt.done();
+                Ok(Some(self.grant(key, options, entered)))
+            }
+            Standing::Waits => {
+                self.withdraw(key, &entered.contender, entered.revision).await?;
+                attempt.done();
+                Ok(None)
+            }
+            Standing::Conflict(message) => {
+                let error = LockError::conflict(BACKEND, key, message.clone());
+                Err(self.give_up(key, &entered, &mut attempt, error).await)
+            }
         }
-        attempt.done();
-        Ok(Some(self.grant(key, options, entered)))
     }
 
     async fn renew(&self, lease: &Lease) -> Result<Instant, LockError> {
@@ -275,7 +312,7 @@ impl DistributedLock for EtcdLock {
         let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
         let mut kv = self.client.kv_client();
         let found = self.call(key, "inspect", kv.get(prefix.as_str(), Some(first))).await?;
-        Ok(found.kvs().first().map(|holder| holder_info(holder, mode_of(&prefix, holder.key()))))
+        Ok(found.kvs().first().map(|holder| holder_info(holder, mode_of(&prefix, holder.key(), holder.value()))))
     }
 
     async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
@@ -284,6 +321,14 @@ impl DistributedLock for EtcdLock {
         let mut kv = self.client.kv_client();
         let found = self.call(key, "list holders", kv.get(prefix.as_str(), Some(all))).await?;
         Ok(holders(&prefix, found.kvs()))
+    }
+
+    async fn proclaim(&self, lease: &Lease, value: &str) -> Result<(), LockError> {
+        self.publish(lease, value).await
+    }
+
+    fn watch_leader(&self, key: &LockKey) -> Option<LeaderStream> {
+        self.leaders(key)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reader/writer locks on etcd, beside the mutex: which key each
-//! [`LockMode`] writes, which keys it waits for, and who holds a lock.
+//! [`LockMode`] writes, which keys it waits for, and who holds a lock (for
+//! the semaphore's part see [`semaphore`](crate::semaphore)).
 //!
 //! # Layout: etcd's `recipes.RWMutex`, with a deterministic suffix
 //!
@@ -32,6 +33,7 @@
 //! | mutex (`{name}/{lease hex}`) | every key under `{name}/` |
 //! | writer (`{name}/write/...`) | every key under `{name}/` |
 //! | reader (`{name}/read/...`) | every key under `{name}/` but `{name}/read/` |
+//! | semaphore (`{name}/semaphore/...`) | every key under `{name}/` but `{name}/semaphore/`; `limit` of those |
 //!
 //! A reader treats everything that is not a reader as a writer: the
 //! recipe's readers look at `{name}/write` only and so miss the holder of an
@@ -54,45 +56,53 @@
 use etcd_client::KeyValue;
 use lock_core::{FencingToken, LockInfo, LockKey, LockMode};
 
-use crate::layout::{contender_key, contenders_prefix, mode_of, prefix_end, reader_writer_key, side_prefix};
+use crate::layout::{attempt_key, contender_key, contenders_prefix, mode_of, prefix_end, side_prefix};
 use crate::queue::KeyRange;
+use crate::semaphore::{Places, Record};
 
-/// One acquisition's place in a lock's queue: the key it writes, and the
-/// ranges whose keys, created before its own, it waits for.
+/// One acquisition's place in a lock's queue: the key it writes, the ranges
+/// whose keys, created before its own, it waits for, and for a semaphore
+/// the range it shares up to its limit.
 #[derive(Debug)]
 pub(crate) struct Contention {
     namespace: String,
     key: LockKey,
     mode: LockMode,
-    /// The attempt's number, in the names of readers and writers.
+    /// The attempt's number, in the names of readers, writers and semaphore
+    /// contenders.
     attempt: u64,
     blockers: Vec<KeyRange>,
+    places: Option<Places>,
 }
 
 impl Contention {
     /// Attempt number `attempt` of this client at `key` in `mode`.
     pub(crate) fn new(namespace: &str, key: &LockKey, mode: LockMode, attempt: u64) -> Self {
         let all = contenders_prefix(namespace, key);
-        let blockers = if mode.is_shared() {
-            // Everything under `{name}/` around the readers' subtree.
-            let readers = side_prefix(namespace, key, LockMode::Read);
-            vec![
-                KeyRange::new(all.clone(), readers.clone()),
-                KeyRange::new(prefix_end(readers.as_bytes()), prefix_end(all.as_bytes())),
-            ]
-        } else {
-            vec![KeyRange::prefix(&all)]
+        let (blockers, places) = match mode {
+            LockMode::Read | LockMode::Semaphore { .. } => {
+                // Everything under `{name}/` around our own subtree.
+                let side = side_prefix(namespace, key, mode);
+                let around = vec![
+                    KeyRange::new(all.clone(), side.clone()),
+                    KeyRange::new(prefix_end(side.as_bytes()), prefix_end(all.as_bytes())),
+                ];
+                let places = match mode {
+                    LockMode::Semaphore { limit } => Some(Places { range: KeyRange::prefix(&side), limit }),
+                    _ => None,
+                };
+                (around, places)
+            }
+            _ => (vec![KeyRange::prefix(&all)], None),
         };
-        Self { namespace: namespace.to_owned(), key: key.clone(), mode, attempt, blockers }
+        Self { namespace: namespace.to_owned(), key: key.clone(), mode, attempt, blockers, places }
     }
 
     /// The key this attempt writes when it holds `lease`.
     pub(crate) fn contender(&self, lease: i64) -> String {
         match self.mode {
-            LockMode::Read | LockMode::Write => {
-                reader_writer_key(&self.namespace, &self.key, self.mode, lease, self.attempt)
-            }
-            _ => contender_key(&self.namespace, &self.key, lease),
+            LockMode::Exclusive => contender_key(&self.namespace, &self.key, lease),
+            _ => attempt_key(&self.namespace, &self.key, self.mode, lease, self.attempt),
         }
     }
 
@@ -100,35 +110,55 @@ impl Contention {
     pub(crate) fn blockers(&self) -> &[KeyRange] {
         &self.blockers
     }
+
+    /// For a semaphore, its places: the range whose keys we share the lock
+    /// with, as long as fewer than the limit were created before ours.
+    pub(crate) fn places(&self) -> Option<&Places> {
+        self.places.as_ref()
+    }
 }
 
 /// Who holds a lock, from every key under its `prefix` (`{name}/`) in create
 /// order.
 pub(crate) fn holders(prefix: &str, contenders: &[KeyValue]) -> Vec<LockInfo> {
-    let modes: Vec<LockMode> = contenders.iter().map(|contender| mode_of(prefix, contender.key())).collect();
+    let modes: Vec<LockMode> =
+        contenders.iter().map(|contender| mode_of(prefix, contender.key(), contender.value())).collect();
     let holding = holding(&modes);
     contenders.iter().zip(modes).take(holding).map(|(contender, mode)| holder_info(contender, mode)).collect()
 }
 
-/// How many contenders, in create order, hold: the first if it is not a
-/// reader, else every reader before the first contender that is not.
+/// How many contenders, in create order, hold: the first always; after it,
+/// while each shares the lock with the first (readers with readers,
+/// semaphore contenders with those of their limit) and is within its limit.
 fn holding(modes: &[LockMode]) -> usize {
-    match modes.iter().position(|mode| !mode.is_shared()) {
-        Some(0) => 1,
-        Some(first_writer) => first_writer,
-        None => modes.len(),
-    }
+    let Some(first) = modes.first() else { return 0 };
+    let sharing = modes.iter().enumerate().skip(1).take_while(|(index, mode)| {
+        mode.shares_with(*first) && mode.limit().is_none_or(|limit| *index < limit as usize)
+    });
+    1 + sharing.count()
 }
 
-/// A holder's information from its key: the owner string it stored (or its
-/// lease, for etcdctl and Go, which store none) and its create revision.
+/// A holder's information from its key: its create revision, and what its
+/// value says. A semaphore contender's record names its owner and value; any
+/// other key holds one string, the value it publishes if it publishes one
+/// (a leader's proposal, as etcd's election stores it) or else its owner
+/// string, reported as both (etcdctl and Go's lock store none: the owner is
+/// then its lease).
 pub(crate) fn holder_info(contender: &KeyValue, mode: LockMode) -> LockInfo {
-    let owner = match contender.value_str() {
-        Ok(owner) if !owner.is_empty() => owner.to_owned(),
-        _ => format!("etcd lease {:x}", contender.lease()),
-    };
     let token = FencingToken::new(u64::try_from(contender.create_revision()).unwrap_or_default());
-    LockInfo::new(owner, token).with_mode(mode)
+    let lease = || format!("etcd lease {:x}", contender.lease());
+    if let Some(record) = Record::parse(contender.value()).filter(|record| record.mode() == mode) {
+        let owner = if record.owner().is_empty() { lease() } else { record.owner().to_owned() };
+        let info = LockInfo::new(owner, token).with_mode(mode);
+        return match record.value() {
+            Some(value) => info.with_value(value),
+            None => info,
+        };
+    }
+    match contender.value_str() {
+        Ok(stored) if !stored.is_empty() => LockInfo::new(stored, token).with_mode(mode).with_value(stored),
+        _ => LockInfo::new(lease(), token).with_mode(mode),
+    }
 }
 
 #[cfg(test)]
@@ -188,11 +218,49 @@ mod tests {
     }
 
     #[test]
+    fn semaphore_contenders_wait_for_everything_but_their_places() {
+        let k = key("jobs/a");
+        let two = LockMode::semaphore(2).unwrap_or_else(|| panic!("2 > 0"));
+        let contention = Contention::new("ns/", &k, two, 1);
+        let places = contention.places().unwrap_or_else(|| panic!("a semaphore has places"));
+        assert_eq!(places.limit.get(), 2);
+        let others = [
+            ("ns/jobs%2Fa/7b", true),
+            ("ns/jobs%2Fa/read/7b-2", true),
+            ("ns/jobs%2Fa/write/7b-3", true),
+            ("ns/jobs%2Fa/semaphores", true),
+            ("ns/jobs%2Fa/semaphore/7b-4", false),
+            ("ns/jobs%2Fa0", false),
+        ];
+        for (other, blocking) in others {
+            assert_eq!(blocks(&contention, other), blocking, "a semaphore contender and {other}");
+            assert_eq!(places.range.contains(other.as_bytes()), other.contains("/semaphore/"), "{other}");
+        }
+        let mine = contention.contender(0x7b);
+        assert_eq!(mine, "ns/jobs%2Fa/semaphore/7b-1");
+        assert!(places.range.contains(mine.as_bytes()));
+        assert!(Contention::new("ns/", &k, LockMode::Read, 1).places().is_none());
+    }
+
+    #[test]
+    fn the_first_contenders_of_a_semaphore_hold_up_to_its_limit() {
+        use LockMode::{Exclusive, Read};
+        let (two, three) = (LockMode::semaphore(2), LockMode::semaphore(3));
+        let (two, three) = (two.unwrap_or_else(|| panic!("2")), three.unwrap_or_else(|| panic!("3")));
+        assert_eq!(holding(&[two, two, two]), 2);
+        assert_eq!(holding(&[three, three, Exclusive, three]), 2);
+        assert_eq!(holding(&[three, two]), 1);
+        assert_eq!(holding(&[Exclusive, two]), 1);
+        assert_eq!(holding(&[Read, two, Read]), 1);
+        assert_eq!(holding(&[two, Read]), 1);
+    }
+
+    #[test]
     fn each_attempt_writes_a_name_of_its_own() {
         let k = key("a");
-        let names: std::collections::HashSet<String> = (0..3)
-            .flat_map(|n| [LockMode::Read, LockMode::Write].map(|mode| Contention::new("", &k, mode, n).contender(1)))
-            .collect();
-        assert_eq!(names.len(), 6, "{names:?}");
+        let modes = [LockMode::Read, LockMode::Write, LockMode::Semaphore { limit: std::num::NonZeroU32::MIN }];
+        let names: std::collections::HashSet<String> =
+            (0..3).flat_map(|n| modes.map(|mode| Contention::new("", &k, mode, n).contender(1))).collect();
+        assert_eq!(names.len(), 9, "{names:?}");
     }
 }

@@ -1,12 +1,13 @@
 //! One watch stream per client, multiplexing every watch the client needs:
-//! a waiter's predecessor, and each held lock's own key.
+//! a waiter's predecessor, each held lock's own key, a semaphore waiter's
+//! places and a leader observer's election.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
@@ -28,10 +29,50 @@ enum Command {
 
 struct Active {
     key: Vec<u8>,
+    /// The end of the range watched; `None` for the one key.
+    range_end: Option<Vec<u8>>,
     /// Zero: from the revision at which etcd creates the watch.
     start_revision: i64,
-    notify: oneshot::Sender<WatchEnd>,
+    notify: Notify,
     created: Option<oneshot::Sender<i64>>,
+}
+
+/// Whom a watch reports to, and what.
+enum Notify {
+    /// The first deletion of the key, or why the watch broke; then the
+    /// watch ends.
+    Deletion(oneshot::Sender<WatchEnd>),
+    /// Every change in the range (only deletions if `deletions_only`), until
+    /// the watch breaks.
+    Changes { sender: mpsc::UnboundedSender<Changes>, deletions_only: bool },
+}
+
+impl Notify {
+    fn is_closed(&self) -> bool {
+        match self {
+            Notify::Deletion(sender) => sender.is_closed(),
+            Notify::Changes { sender, .. } => sender.is_closed(),
+        }
+    }
+}
+
+/// What a [`ChangeWatch`] reports.
+#[derive(Debug)]
+pub(crate) enum Changes {
+    /// Keys of the range changed, in revision order.
+    Events(Vec<Change>),
+    /// etcd compacted the history the watch needed (or cancelled it): read
+    /// the range again and watch anew from that read.
+    Broken,
+}
+
+/// One change of one key.
+#[derive(Debug)]
+pub(crate) struct Change {
+    /// The key.
+    pub(crate) key: Vec<u8>,
+    /// Whether it was deleted (else written).
+    pub(crate) deleted: bool,
 }
 
 impl Active {
@@ -57,6 +98,15 @@ pub(crate) struct WatchHub {
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicI64,
     task: JoinHandle<()>,
+}
+
+/// A watch of every change in a range, until dropped or broken; dropping it
+/// cancels the watch.
+#[derive(Debug)]
+pub(crate) struct ChangeWatch {
+    id: i64,
+    changes: mpsc::UnboundedReceiver<Changes>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// A pending watch; dropping it cancels the watch.
@@ -98,11 +148,35 @@ impl WatchHub {
         watch
     }
 
+    /// Watches every change of the keys in `start..end` from
+    /// `start_revision` on (only deletions if `deletions_only`). After a
+    /// reconnect the watch goes on after the last change it reported.
+    pub(crate) fn changes(
+        &self,
+        (start, end): (Vec<u8>, Vec<u8>),
+        start_revision: i64,
+        deletions_only: bool,
+    ) -> ChangeWatch {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, changes) = mpsc::unbounded_channel();
+        let active = Active {
+            key: start,
+            range_end: Some(end),
+            start_revision: start_revision.max(1),
+            notify: Notify::Changes { sender, deletions_only },
+            created: None,
+        };
+        // If the hub is gone, `changes` reports the closed channel.
+        let _ = self.commands.send(Command::Watch { id, active });
+        ChangeWatch { id, changes, commands: self.commands.clone() }
+    }
+
     fn register(&self, key: Vec<u8>, start_revision: i64, created: Option<oneshot::Sender<i64>>) -> Watch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (notify, end) = oneshot::channel();
+        let active = Active { key, range_end: None, start_revision, notify: Notify::Deletion(notify), created };
         // If the hub is gone, `end` reports the closed channel.
-        let _ = self.commands.send(Command::Watch { id, active: Active { key, start_revision, notify, created } });
+        let _ = self.commands.send(Command::Watch { id, active });
         Watch { id, end, created: None, commands: self.commands.clone() }
     }
 }
@@ -127,6 +201,21 @@ impl Watch {
 }
 
 impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Cancel { id: self.id });
+    }
+}
+
+impl ChangeWatch {
+    /// The next changes; `None` if the hub stopped.
+    ///
+    /// Cancel safe.
+    pub(crate) async fn next(&mut self) -> Option<Changes> {
+        self.changes.recv().await
+    }
+}
+
+impl Drop for ChangeWatch {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Cancel { id: self.id });
     }
@@ -175,24 +264,20 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
                         let id = response.watch_id();
-                        if response.created()
-                            && let Some(watch) = active.get_mut(&id)
-                        {
-                            let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-                            watch.created_at(revision);
-                        }
-                        let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
-                        let end = if response.compact_revision() > 0 || (response.canceled() && !deleted) {
-                            Some(WatchEnd::Compacted)
-                        } else if deleted {
-                            Some(WatchEnd::Deleted)
-                        } else {
-                            None
-                        };
-                        if let Some((end, watch)) = end.and_then(|end| Some((end, active.remove(&id)?))) {
-                            let _ = watch.notify.send(end);
-                            if !response.canceled() {
-                                healthy = stream.cancel(id).await.is_ok();
+                        if let Some(watch) = active.get_mut(&id) {
+                            if response.created() {
+                                let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+                                watch.created_at(revision);
+                            }
+                            if let Some(end) = deliver(watch, &response)
+                                && let Some(watch) = active.remove(&id)
+                            {
+                                if let Notify::Deletion(notify) = watch.notify {
+                                    let _ = notify.send(end);
+                                }
+                                if !response.canceled() {
+                                    healthy = stream.cancel(id).await.is_ok();
+                                }
                             }
                         }
                     }
@@ -205,10 +290,48 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
     }
 }
 
+/// Hands a response to the changes watch it is for; for a deletion watch,
+/// only says how it ended. `Some` when the watch is over.
+fn deliver(watch: &mut Active, response: &WatchResponse) -> Option<WatchEnd> {
+    let broken = response.compact_revision() > 0 || response.canceled();
+    match &watch.notify {
+        Notify::Deletion(_) => {
+            let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
+            if deleted { Some(WatchEnd::Deleted) } else { broken.then_some(WatchEnd::Compacted) }
+        }
+        Notify::Changes { sender, .. } => {
+            if broken {
+                let _ = sender.send(Changes::Broken);
+                return Some(WatchEnd::Compacted);
+            }
+            let changes: Vec<Change> = response
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    // A reconnect goes on after the last change reported.
+                    watch.start_revision = watch.start_revision.max(kv.mod_revision() + 1);
+                    Some(Change { key: kv.key().to_vec(), deleted: event.event_type() == EventType::Delete })
+                })
+                .collect();
+            if !changes.is_empty() {
+                let _ = sender.send(Changes::Events(changes));
+            }
+            None
+        }
+    }
+}
+
 async fn create(stream: &mut WatchStream, id: i64, watch: &Active) -> bool {
     let mut options = WatchOptions::new().with_watch_id(id);
     if watch.start_revision > 0 {
         options = options.with_start_revision(watch.start_revision);
+    }
+    if let Some(end) = &watch.range_end {
+        options = options.with_range(end.clone());
+    }
+    if let Notify::Changes { deletions_only: true, .. } = watch.notify {
+        options = options.with_filters([WatchFilterType::NoPut]);
     }
     stream.watch(watch.key.clone(), Some(options)).await.is_ok()
 }
