@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 use std::os::unix::process::ExitStatusExt;
 
-use distlock::{LockGuard, LockOptions, Locks, LostReason};
+use distlock::{LockGuard, LockOptions, Locks};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::cli::{ExecArgs, backend_url};
-use crate::grace::Stop;
+use crate::grace::{OnLoss, Stop};
 use crate::terminal::ForegroundTerminal;
 use crate::{exit, indicator, trampoline};
 
@@ -161,6 +161,15 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
         Stop::BeforeExpiry { grace } => Some(Instant::now() + guard.remaining().saturating_sub(grace)),
         Stop::Kill | Stop::AfterLoss { .. } => None,
     };
+    // With an expiring lock: its deadline by distlock's clock, as last
+    // learnt (at each check above; renewals move it on). Running, distlock
+    // looks again before it passes; a loss reported after it means distlock
+    // was suspended or starved meanwhile, and the lock may be held elsewhere
+    // already, whatever reason the guard saw first.
+    let mut proven_until = match stop {
+        Stop::BeforeExpiry { .. } => Some(Instant::now() + guard.remaining()),
+        Stop::Kill | Stop::AfterLoss { .. } => None,
+    };
     let status = loop {
         let forwarded = async {
             let waits =
@@ -173,6 +182,9 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
                 term_check_at = None;
                 let Stop::BeforeExpiry { grace } = stop else { continue };
                 let remaining = guard.remaining();
+                if !remaining.is_zero() {
+                    proven_until = Some(Instant::now() + remaining);
+                }
                 if remaining > grace {
                     // Renewed since the check was set: the lock is fine.
                     term_check_at = Some(Instant::now() + (remaining - grace));
@@ -195,26 +207,15 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
                 lost = true;
                 term_check_at = None;
                 let key = guard.key();
-                match stop {
-                    Stop::Kill => {
-                        eprintln!("distlock: lock {key} lost ({reason}); killing the command");
-                        stop_command(pid, Signal::SIGKILL, terminal);
-                    }
-                    // Lost by the guard's clock: the service may grant the
-                    // lock elsewhere from now on, so whatever grace was left
-                    // is over (also when distlock itself was suspended or
-                    // starved past the SIGTERM it was due to send).
-                    Stop::BeforeExpiry { .. } if matches!(reason, LostReason::NotConfirmed { .. }) => {
+                let expired = proven_until.is_some_and(|until| Instant::now() >= until);
+                match stop.on_loss(&reason, expired, stopping) {
+                    OnLoss::Kill => {
                         eprintln!("distlock: lock {key} lost ({reason}); killing the command");
                         kill_at = None;
                         stop_command(pid, Signal::SIGKILL, terminal);
                     }
-                    // SIGTERM was sent already; SIGKILL comes as planned.
-                    Stop::BeforeExpiry { .. } if stopping => eprintln!("distlock: lock {key} lost ({reason})"),
-                    // The service ended the lock without warning (an
-                    // operator revoked the lease or deleted the key): as
-                    // when a file lock is broken, the command gets its grace.
-                    Stop::BeforeExpiry { grace } | Stop::AfterLoss { grace } => {
+                    OnLoss::AsPlanned => eprintln!("distlock: lock {key} lost ({reason})"),
+                    OnLoss::Terminate { grace } => {
                         eprintln!("distlock: lock {key} lost ({reason}); stopping the command");
                         stop_command(pid, Signal::SIGTERM, terminal);
                         kill_at = Some(Instant::now() + grace);

@@ -9,7 +9,9 @@
 //! lock is provably held for no more than the grace, and SIGKILL when the
 //! guard gives it up. The grace therefore comes out of the time the guard
 //! has to renew the lock, and only a grace that leaves enough of it can be
-//! honoured: see [`max_for_ttl`].
+//! honoured: see [`max_for_ttl`]. A loss reported once that deadline has
+//! passed (distlock was suspended or starved meanwhile) leaves no grace,
+//! whatever reason is reported first: see [`Stop::on_loss`].
 //!
 //! A file lock never expires while its holder lives (the kernel frees it
 //! when the holder dies), so any grace can be honoured there.
@@ -17,7 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use distlock::Capabilities;
+use distlock::{Capabilities, LostReason};
 
 use crate::cli::OnLost;
 
@@ -67,6 +69,44 @@ impl Stop {
                     Some(asked) => Err(GraceTooLong { asked, ttl, max }),
                 }
             }
+        }
+    }
+}
+
+/// What a reported loss of the lock does to the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLoss {
+    /// SIGKILL now.
+    Kill,
+    /// SIGTERM was sent already; SIGKILL comes when planned.
+    AsPlanned,
+    /// SIGTERM now, SIGKILL `grace` later.
+    Terminate {
+        /// Between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+}
+
+impl Stop {
+    /// What to do when the lock is reported lost for `reason`. `expired`:
+    /// the lock's deadline by distlock's own clock (the latest it learnt)
+    /// had passed when the loss was reported; `stopping`: the command was
+    /// sent SIGTERM already.
+    pub fn on_loss(self, reason: &LostReason, expired: bool, stopping: bool) -> OnLoss {
+        match self {
+            Stop::Kill => OnLoss::Kill,
+            // Lost by the guard's clock: the service may grant the lock
+            // elsewhere from now on, so whatever grace was left is over
+            // (also when distlock itself was suspended or starved past the
+            // SIGTERM it was due to send). Past the deadline, whatever the
+            // reason: resumed after a suspension, the guard may hear that
+            // the session ended before its own clock says the same.
+            Stop::BeforeExpiry { .. } if expired || matches!(reason, LostReason::NotConfirmed { .. }) => OnLoss::Kill,
+            Stop::BeforeExpiry { .. } if stopping => OnLoss::AsPlanned,
+            // The service ended the lock without warning (an operator
+            // revoked the lease or deleted the key): as when a file lock is
+            // broken, the command gets its grace.
+            Stop::BeforeExpiry { grace } | Stop::AfterLoss { grace } => OnLoss::Terminate { grace },
         }
     }
 }
@@ -167,6 +207,34 @@ mod tests {
         assert!(message.contains("at most 5s for this TTL"), "{message}");
         let fits = Stop::plan(OnLost::Terminate, Some(secs(5)), &expiring(), secs(15));
         assert_eq!(fits, Ok(Stop::BeforeExpiry { grace: secs(5) }));
+    }
+
+    /// The fault campaign's finding (exec mode, ZooKeeper, pause): distlock
+    /// and its command were stopped past the TTL; on resume the service's
+    /// "session ended" beat the guard's own clock as the reported reason,
+    /// and the command, which ignores SIGTERM, was given its grace and wrote
+    /// on for 800 ms while another holder held the lock.
+    #[test]
+    fn a_loss_reported_after_the_deadline_kills_at_once_whatever_its_reason() {
+        let stop = Stop::BeforeExpiry { grace: Duration::from_millis(800) };
+        for reason in [LostReason::SessionEnded, LostReason::Revoked] {
+            assert_eq!(stop.on_loss(&reason, true, false), OnLoss::Kill, "{reason}");
+            assert_eq!(stop.on_loss(&reason, true, true), OnLoss::Kill, "{reason}");
+        }
+        let not_confirmed = LostReason::NotConfirmed { since: secs(3) };
+        assert_eq!(stop.on_loss(&not_confirmed, true, false), OnLoss::Kill);
+    }
+
+    #[test]
+    fn a_loss_reported_before_the_deadline_leaves_the_grace() {
+        let grace = Duration::from_millis(800);
+        let stop = Stop::BeforeExpiry { grace };
+        assert_eq!(stop.on_loss(&LostReason::Revoked, false, false), OnLoss::Terminate { grace });
+        assert_eq!(stop.on_loss(&LostReason::SessionEnded, false, true), OnLoss::AsPlanned);
+        // A file lock has no deadline: broken from outside, it leaves the grace.
+        let file = Stop::AfterLoss { grace: secs(10) };
+        assert_eq!(file.on_loss(&LostReason::Revoked, true, false), OnLoss::Terminate { grace: secs(10) });
+        assert_eq!(Stop::Kill.on_loss(&LostReason::Revoked, false, false), OnLoss::Kill);
     }
 
     #[test]
