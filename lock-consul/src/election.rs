@@ -18,7 +18,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use lock_core::{FencingToken, LeaderStream, LockError, LockInfo, LockKey, MAX_VALUE_BYTES};
+use lock_core::{
+    FencingToken, LeaderIdentity, LeaderStream, LockError, LockInfo, LockKey, MAX_VALUE_BYTES, leader_identity,
+};
 use tokio::time::sleep;
 use tracing::debug;
 
@@ -130,13 +132,6 @@ pub(crate) fn watch(api: Api, key: LockKey, lock_prefix: String) -> LeaderStream
     }))
 }
 
-/// What tells one leader from the next: a new token is a new grant.
-type Identity = Option<(u64, Option<String>)>;
-
-fn identity(leader: &Option<LockInfo>) -> Identity {
-    leader.as_ref().map(|info| (info.token.get(), info.value.clone()))
-}
-
 /// One observer's state between items.
 struct Observer {
     api: Api,
@@ -145,7 +140,7 @@ struct Observer {
     /// The index to block on; 0 for a plain read (first, and after errors).
     index: u64,
     /// The last leader reported; `None` before the first and after an error.
-    reported: Option<Identity>,
+    reported: Option<LeaderIdentity>,
     /// The pause before the next read, after a failed one.
     pause: Option<Duration>,
     /// Whether the failure of the last read was reported.
@@ -162,7 +157,7 @@ impl Observer {
                 Ok((entries, next)) => {
                     (self.index, self.pause, self.failing) = (next, None, false);
                     let leader = holders_in_tree(&self.lock_prefix, entries, next).into_iter().next();
-                    let seen = identity(&leader);
+                    let seen = leader_identity(&leader);
                     if self.reported.as_ref() != Some(&seen) {
                         self.reported = Some(seen);
                         return Ok(leader);

@@ -50,6 +50,7 @@ pub use key::{KeyError, LockKey, MAX_KEY_BYTES};
 pub use lease::{Lease, LockInfo, LossSignal};
 pub use memory::{MemoryLock, MemoryStore};
 pub use mode::LockMode;
+pub use observe::{LeaderIdentity, leader_identity};
 pub use options::{LockOptions, MAX_OWNER_BYTES, MAX_VALUE_BYTES, default_owner};
 pub use renewal::SharedRenewal;
 pub use session_slot::{ClientSession, SessionSlot};

@@ -10,8 +10,13 @@ use crate::{DistributedLock, LeaderStream, LockInfo, LockKey};
 /// How often a polled observer asks.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
 
-/// What tells one leader from the next: a new token is a new grant.
-fn identity(leader: &Option<LockInfo>) -> Option<(u64, Option<String>)> {
+/// What tells one reported leader from the next: its token (a new token is
+/// a new grant) and its value (a proclaim); `None` while nobody leads.
+pub type LeaderIdentity = Option<(u64, Option<String>)>;
+
+/// The [`LeaderIdentity`] of `leader`: a [`LeaderStream`] yields an item
+/// whenever it changes.
+pub fn leader_identity(leader: &Option<LockInfo>) -> LeaderIdentity {
     leader.as_ref().map(|info| (info.token.get(), info.value.clone()))
 }
 
@@ -23,7 +28,7 @@ pub(crate) fn polled(backend: Arc<dyn DistributedLock>, key: LockKey) -> LeaderS
         key: LockKey,
         /// The last leader reported; `None` before the first answer and after
         /// an error, so the next answer is reported whatever it is.
-        reported: Option<Option<(u64, Option<String>)>>,
+        reported: Option<LeaderIdentity>,
         asked: bool,
     }
     let state = State { backend, key, reported: None, asked: false };
@@ -35,7 +40,7 @@ pub(crate) fn polled(backend: Arc<dyn DistributedLock>, key: LockKey) -> LeaderS
             state.asked = true;
             match state.backend.inspect(&state.key).await {
                 Ok(leader) => {
-                    let seen = identity(&leader);
+                    let seen = leader_identity(&leader);
                     if state.reported.as_ref() != Some(&seen) {
                         state.reported = Some(seen);
                         return Some((Ok(leader), state));

@@ -19,7 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{ClientSession, LeaderStream, LockError, LockInfo, LockKey, LostReason, SessionSlot};
+use lock_core::{
+    ClientSession, LeaderIdentity, LeaderStream, LockError, LockInfo, LockKey, LostReason, SessionSlot, leader_identity,
+};
 use tracing::debug;
 use zookeeper_client::{Error, OneshotWatcher};
 
@@ -74,13 +76,6 @@ pub(crate) fn watch(sessions: Arc<SessionSlot<Session>>, config: ZkConfig, key: 
     }))
 }
 
-/// What tells one leader from the next: a new token is a new grant.
-type Identity = Option<(u64, Option<String>)>;
-
-fn identity(leader: &Option<LockInfo>) -> Identity {
-    leader.as_ref().map(|info| (info.token.get(), info.value.clone()))
-}
-
 /// One observer's state between items.
 struct Observer {
     sessions: Arc<SessionSlot<Session>>,
@@ -88,7 +83,7 @@ struct Observer {
     key: LockKey,
     dir: String,
     /// The last leader reported; `None` before the first and after an error.
-    reported: Option<Identity>,
+    reported: Option<LeaderIdentity>,
     /// The watches the last look set, to wait on before the next.
     pending: Option<Watches>,
     /// The pause before the next look, after a failed one.
@@ -115,7 +110,7 @@ impl Observer {
                 Ok((leader, watches)) => {
                     self.pending = Some(watches);
                     (self.pause, self.failing) = (None, false);
-                    let seen = identity(&leader);
+                    let seen = leader_identity(&leader);
                     if self.reported.as_ref() != Some(&seen) {
                         self.reported = Some(seen);
                         return Ok(leader);
