@@ -30,7 +30,11 @@ pub struct EtcdHarness {
 impl EtcdHarness {
     /// A harness for the etcd the environment names.
     pub fn from_env() -> Self {
-        let endpoints = EtcdConfig::from_env().endpoints().to_vec();
+        Self::with_endpoints(EtcdConfig::from_env().endpoints().to_vec())
+    }
+
+    /// A harness for the etcd at `endpoints` (a cluster's members, say).
+    pub fn with_endpoints(endpoints: Vec<String>) -> Self {
         Self {
             endpoints,
             ttl: Duration::from_secs(3),

@@ -20,6 +20,7 @@ pub mod cases;
 pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod cluster;
 pub mod failover;
 pub mod file;
 mod harness;

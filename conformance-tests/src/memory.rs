@@ -29,6 +29,12 @@ impl MemoryHarness {
     pub fn wrapping(wrap: Wrap) -> Self {
         Self { store: MemoryStore::new(), wrap }
     }
+
+    /// The harness for memory clients of `store`, which others share (the
+    /// fault campaign's in-process workers).
+    pub fn with_store(store: MemoryStore) -> Self {
+        Self { store, wrap: |lock| lock }
+    }
 }
 
 impl Default for MemoryHarness {

@@ -38,6 +38,14 @@ impl ZkHarness {
     pub fn from_env() -> Self {
         let hosts = ZkConfig::from_env().hosts_value().to_owned();
         let upstream = hosts.split([',', '/']).next().unwrap_or(lock_zk::DEFAULT_HOSTS).to_owned();
+        Self::with_hosts(&upstream)
+    }
+
+    /// A harness for the ZooKeeper at `hosts` (`host:port`, or several
+    /// joined with commas for an ensemble, whose admin client fails over
+    /// between them; test clients, each behind a proxy, need a single host).
+    pub fn with_hosts(hosts: &str) -> Self {
+        let upstream = hosts.to_owned();
         Self {
             upstream,
             ttl: Duration::from_secs(2),

@@ -8,42 +8,21 @@
 
 use std::time::Duration;
 
+use conformance_tests::cluster::Cluster;
 use conformance_tests::{Namespace, failover};
 use lock_core::Locks;
 use lock_zk::{ZkConfig, ZkLock};
 
-const DEFAULT_ENSEMBLE: &str = "127.0.0.1:22181,127.0.0.1:22182,127.0.0.1:22183";
-/// The server names `scripts/services` gives the ensemble, in host order.
-const MEMBERS: [&str; 3] = ["z1", "z2", "z3"];
 /// Election (a few ticks of 200 ms) plus a session timeout plus slack, with
 /// room for a loaded machine.
 const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 const WORKERS: usize = 4;
 
-fn hosts() -> String {
-    std::env::var("DISTLOCK_ZK_CLUSTER_HOSTS").unwrap_or_else(|_| DEFAULT_ENSEMBLE.to_owned())
-}
-
-/// The index of the leader among the hosts, asked with `srvr`.
-async fn leader(hosts: &str) -> usize {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for (index, host) in hosts.split(',').enumerate() {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else { continue };
-        let mut reply = String::new();
-        if stream.write_all(b"srvr").await.is_ok()
-            && stream.read_to_string(&mut reply).await.is_ok()
-            && reply.contains("Mode: leader")
-        {
-            return index;
-        }
-    }
-    panic!("no leader among {hosts}: start the ensemble with `scripts/services start zk --cluster`")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_while_held_keeps_exclusion_and_recovers() {
-    let hosts = hosts();
-    let victim = leader(&hosts).await;
+    let cluster = Cluster::zk();
+    let hosts = cluster.client_list();
+    let victim = cluster.await_leader(Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
     let mut clients = Vec::new();
     for _ in 0..WORKERS {
         let config = ZkConfig::new(hosts.clone())
@@ -57,7 +36,7 @@ async fn leader_killed_while_held_keeps_exclusion_and_recovers() {
     let key = Namespace::new().key("failover");
     // The kill leaves two members; restart all three afterwards.
     let _repair = failover::ClusterRepair::new("zk");
-    let kill = || failover::kill_member("zk-cluster", MEMBERS[victim]);
+    let kill = || failover::kill_member("zk-cluster", &cluster.members[victim].name);
     let report = failover::contend_through_failover(clients, key, kill, RECOVERY_BOUND).await;
-    println!("leader {} killed: {report:?}", MEMBERS[victim]);
+    println!("leader {} killed: {report:?}", cluster.members[victim].name);
 }

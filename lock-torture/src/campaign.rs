@@ -2,7 +2,10 @@
 //! the nemesis injects one fault at a time and heals it, and afterwards the
 //! checker reads the history and the service is inspected for leftovers.
 //! A worker holds its locks through the library, or (exec mode) through
-//! `distlock exec` processes guarding a command.
+//! `distlock exec` processes guarding a command; the memory backend's
+//! workers are tasks of the campaign (see [`crate::task_worker`]). With
+//! `--cluster`, the workers use the service's 3-member cluster and the
+//! nemesis kills and pauses its leader.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +23,7 @@ use crate::nemesis::{Fault, Random};
 use crate::process_tree;
 use crate::register::Register;
 use crate::target::Target;
+use crate::task_worker::{TaskSpec, TaskWorker};
 
 /// How the workers hold their locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,9 +38,13 @@ pub enum Mode {
 /// `lock-torture run`: one campaign against one backend.
 #[derive(Debug, Args, Clone)]
 pub struct CampaignArgs {
-    /// `file`, `etcd`, `zk` or `consul`.
+    /// `memory`, `file`, `etcd`, `zk` or `consul`.
     #[arg(long)]
     pub backend: String,
+    /// Use the service's 3-member cluster (`scripts/services start X
+    /// --cluster`): the nemesis then kills and pauses its leader.
+    #[arg(long)]
+    pub cluster: bool,
     /// How the workers hold their locks.
     #[arg(long, value_enum, default_value_t = Mode::Library)]
     pub mode: Mode,
@@ -82,13 +90,21 @@ pub struct Outcome {
 struct Worker {
     name: String,
     incarnation: usize,
-    child: Child,
-    proxy: Option<StallProxy>,
+    body: Body,
+}
+
+/// What a worker is: a process (with its proxy, for a single server), or a
+/// task of the campaign (the memory backend).
+enum Body {
+    Process { child: Child, proxy: Option<StallProxy> },
+    /// `None` once killed or stopped.
+    Task(Option<TaskWorker>),
 }
 
 impl Drop for Worker {
     /// A campaign ended by an error leaves nothing running: the worker is
-    /// killed on drop, and what it started (in exec mode) with it.
+    /// killed on drop, and what it started (in exec mode) with it (a task
+    /// worker is aborted with the campaign's runtime).
     fn drop(&mut self) {
         if let Ok(pid) = worker_pid(self) {
             // Stopped first, so that it starts nothing new before its kill.
@@ -104,11 +120,19 @@ impl Drop for Worker {
 /// When the campaign cannot be set up (the service unreachable, no room for
 /// histories); violations are findings, not errors.
 pub async fn run(args: &CampaignArgs) -> Result<Outcome, String> {
-    let target = Target::new(&args.backend, args.ttl)?;
+    let target = Target::new(&args.backend, args.ttl, args.cluster)?;
+    if target.store.is_some() && args.mode == Mode::Exec {
+        return Err("exec mode needs a backend its processes share; the memory backend lives in one".to_owned());
+    }
+    if let Some(cluster) = &target.cluster {
+        all_members_serve(cluster).await?;
+    }
     // One per campaign of a smoke run, which runs both modes in one process.
-    let mode = match args.mode {
-        Mode::Library => String::new(),
-        Mode::Exec => "exec-".to_owned(),
+    let mode = match (args.mode, args.cluster) {
+        (Mode::Library, false) => String::new(),
+        (Mode::Library, true) => "cluster-".to_owned(),
+        (Mode::Exec, false) => "exec-".to_owned(),
+        (Mode::Exec, true) => "exec-cluster-".to_owned(),
     };
     let run_id = format!("{}-{mode}{}-{}", args.backend, args.seed, std::process::id());
     let dir = args.out.join(&run_id);
@@ -131,11 +155,12 @@ pub async fn run(args: &CampaignArgs) -> Result<Outcome, String> {
         register: register.address().to_string(),
         seed: args.seed,
         distlock,
+        graveyard: std::sync::Mutex::new(Vec::new()),
     };
 
     let mut workers = Vec::new();
     for index in 0..args.workers.max(2) {
-        workers.push(spawn.worker(format!("w{index}"), 0).await?);
+        workers.push(spawn.worker(index, 0).await?);
     }
     let (faults, skipped) = plan(args, &target.backend);
     let mut random = Random::new(args.seed);
@@ -165,12 +190,15 @@ pub async fn run(args: &CampaignArgs) -> Result<Outcome, String> {
     stop(&mut workers, &mut nemesis).await;
     let leftovers = leftovers(&target, &prefix, ttl + slack + Duration::from_secs(10)).await;
     let events = crate::history::read_dir(&dir).map_err(|e| format!("reading the histories: {e}"))?;
-    let bound = recovery_bound(ttl, slack);
-    let windows = checker::check(&events, u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX));
+    let clustered = target.cluster.is_some();
+    let windows = checker::check(&events, |fault| {
+        let bound = recovery_bound(ttl, slack, fault, clustered);
+        u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX)
+    });
     Ok(Outcome {
         backend: match args.mode {
-            Mode::Library => args.backend.clone(),
-            Mode::Exec => format!("{} (exec)", args.backend),
+            Mode::Library => target.label(),
+            Mode::Exec => format!("{} (exec)", target.label()),
         },
         faults: checker::by_fault(&windows),
         skipped,
@@ -181,14 +209,33 @@ pub async fn run(args: &CampaignArgs) -> Result<Outcome, String> {
 
 /// How long after a fault heals a grant must come: the TTL, the backend's
 /// expiry slack, and room for the fault's own aftermath (a reconnect, a
-/// killed worker's replacement starting).
-pub fn recovery_bound(ttl: Duration, slack: Duration) -> Duration {
-    ttl + slack + Duration::from_secs(5)
+/// killed worker's replacement starting); in a cluster, after the leader
+/// was killed or paused, 10 s more for an election and for clients to find
+/// the new leader (the failover tests' bound is 20 s in all).
+pub fn recovery_bound(ttl: Duration, slack: Duration, fault: &str, cluster: bool) -> Duration {
+    let election = cluster && [Fault::LeaderKill.name(), Fault::ServerPause.name()].contains(&fault);
+    ttl + slack + Duration::from_secs(if election { 15 } else { 5 })
+}
+
+/// Every member of `cluster` serves, and one leads: a campaign never starts
+/// on a cluster a previous run left short of a member.
+async fn all_members_serve(cluster: &conformance_tests::cluster::Cluster) -> Result<(), String> {
+    for (index, member) in cluster.members.iter().enumerate() {
+        if !cluster.serving(index).await {
+            return Err(format!(
+                "cluster member {} ({}) does not serve: start the cluster with `scripts/services start {} --cluster`",
+                member.name,
+                member.client,
+                cluster.service.name()
+            ));
+        }
+    }
+    cluster.await_leader(Duration::from_secs(10)).await.map(|_| ())
 }
 
 async fn expiry_slack(target: &Target) -> Result<Duration, String> {
     let proxy = target.proxy().await?;
-    let url = target.url(proxy.as_ref());
+    let url = target.url(proxy.as_ref(), 0);
     let locks = distlock::connect_with_ttl(&url, target.ttl()).await.map_err(|e| format!("{}: {e}", target.backend))?;
     Ok(locks.capabilities().expiry_slack)
 }
@@ -197,7 +244,7 @@ async fn expiry_slack(target: &Target) -> Result<Duration, String> {
 async fn exec_ready(target: &Target, probe_key: &str) -> Result<PathBuf, String> {
     let distlock = crate::distlock_binary::locate().await?;
     let proxy = target.proxy().await?;
-    crate::distlock_binary::probe(&distlock, &target.url(proxy.as_ref()), probe_key, target.ttl()).await?;
+    crate::distlock_binary::probe(&distlock, &target.url(proxy.as_ref(), 0), probe_key, target.ttl()).await?;
     Ok(distlock)
 }
 
@@ -206,7 +253,7 @@ fn plan(args: &CampaignArgs, backend: &str) -> (Vec<Fault>, Vec<(Fault, &'static
     let mut faults = Vec::new();
     let mut skipped = Vec::new();
     for fault in wanted {
-        match fault.not_applicable(backend) {
+        match fault.not_applicable(backend, args.cluster) {
             Some(why) => skipped.push((fault, why)),
             None => faults.push(fault),
         }
@@ -222,14 +269,34 @@ struct Spawner<'a> {
     seed: u64,
     /// In exec mode, the `distlock` binary.
     distlock: Option<PathBuf>,
+    /// The memory clients of killed task workers, cut off and kept open
+    /// until the campaign ends (see [`TaskWorker::kill`]).
+    graveyard: std::sync::Mutex<Vec<std::sync::Arc<lock_core::MemoryLock>>>,
 }
 
 impl Spawner<'_> {
-    async fn worker(&self, name: String, incarnation: usize) -> Result<Worker, String> {
+    /// Worker number `index`, incarnation `incarnation`.
+    async fn worker(&self, index: usize, incarnation: usize) -> Result<Worker, String> {
+        let name = format!("w{index}");
+        let seed = worker_seed(self.seed, &name, incarnation);
+        let history = self.dir.join(format!("{name}-{incarnation}.jsonl"));
+        if let Some(store) = &self.target.store {
+            let spec = TaskSpec {
+                store,
+                name: &name,
+                incarnation,
+                history: &history,
+                keys: self.keys,
+                register: &self.register,
+                ttl: self.target.ttl(),
+                seed,
+            };
+            let task = TaskWorker::start(spec).await?;
+            return Ok(Worker { name, incarnation, body: Body::Task(Some(task)) });
+        }
         let proxy = self.target.proxy().await?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the campaign's executable: {e}"))?;
         let mut command = Command::new(exe);
-        let seed = worker_seed(self.seed, &name, incarnation);
         match &self.distlock {
             None => command.arg("worker"),
             Some(distlock) => command
@@ -240,17 +307,18 @@ impl Spawner<'_> {
                 .arg(self.dir.join(format!("{name}-{incarnation}.distlock.log"))),
         };
         command
-            .args(["--name", &name, "--url", &self.target.url(proxy.as_ref())])
+            .args(["--name", &name, "--incarnation", &incarnation.to_string()])
+            .args(["--url", &self.target.url(proxy.as_ref(), index)])
             .args(["--keys", &self.keys.join(","), "--register", &self.register])
             .arg("--history")
-            .arg(self.dir.join(format!("{name}-{incarnation}.jsonl")))
+            .arg(history)
             .args(["--ttl", &humantime::format_duration(self.target.ttl()).to_string()])
             .args(["--seed", &seed.to_string()])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
         let child = command.spawn().map_err(|e| format!("cannot start a worker: {e}"))?;
-        Ok(Worker { name, incarnation, child, proxy })
+        Ok(Worker { name, incarnation, body: Body::Process { child, proxy } })
     }
 }
 
@@ -282,27 +350,37 @@ async fn inject(
     match fault {
         Fault::Kill => {
             record(nemesis, &name);
-            let worker = &mut workers[index];
-            // In exec mode its `distlock exec` too, not the command: that one
-            // must die because its supervisor did.
-            let supervisors = worker_pid(worker).map(process_tree::kill_with_children).unwrap_or_default();
-            let _ = worker.child.wait().await;
-            process_tree::wait_gone(&supervisors, Duration::from_secs(5)).await;
-            nemesis.record(Kind::Died { worker: name.clone() });
-            let next = worker.incarnation + 1;
-            *worker = spawn.worker(name, next).await?;
+            let next = workers[index].incarnation + 1;
+            kill_worker(&mut workers[index], spawn).await;
+            nemesis.record(Kind::Died { worker: name, incarnation: next - 1 });
+            workers[index] = spawn.worker(index, next).await?;
         }
         Fault::Pause => {
-            let pid = worker_pid(&workers[index])?;
             record(nemesis, &name);
-            // In exec mode the whole tree: the worker, its `distlock exec`
-            // and the command, as a stalled machine would be.
-            let stopped = process_tree::stop_tree(pid);
-            sleep(past_ttl).await;
-            process_tree::signal_all(&stopped, Signal::SIGCONT);
+            match &workers[index].body {
+                Body::Task(task) => {
+                    if let Some(task) = task {
+                        task.pause(past_ttl).await;
+                    }
+                }
+                Body::Process { .. } => {
+                    let pid = worker_pid(&workers[index])?;
+                    // In exec mode the whole tree: the worker, its `distlock
+                    // exec` and the command, as a stalled machine would be.
+                    let stopped = process_tree::stop_tree(pid);
+                    sleep(past_ttl).await;
+                    process_tree::signal_all(&stopped, Signal::SIGCONT);
+                }
+            }
+        }
+        Fault::Cut if matches!(workers[index].body, Body::Task(_)) => {
+            record(nemesis, &name);
+            if let Body::Task(Some(task)) = &workers[index].body {
+                task.cut(past_ttl).await;
+            }
         }
         Fault::Cut | Fault::Reset | Fault::Latency | Fault::LostReplies => {
-            let Some(proxy) = workers[index].proxy.as_ref() else { return Ok(()) };
+            let Body::Process { proxy: Some(proxy), .. } = &workers[index].body else { return Ok(()) };
             record(nemesis, &name);
             match fault {
                 Fault::Cut => {
@@ -322,28 +400,65 @@ async fn inject(
             proxy.resume();
         }
         Fault::ServerPause => {
-            let Some(pid) = target.server_pid() else {
+            let Some(pid) = target.server_pid().await else {
                 return Err(format!(
                     "server-pause needs the {} that `scripts/services start` runs (no PID file found)",
-                    target.backend
+                    target.label()
                 ));
             };
-            record(nemesis, &format!("{} server", target.backend));
+            record(nemesis, &format!("{} server (pid {pid})", target.label()));
             signal(Pid::from_raw(pid), Signal::SIGSTOP);
             sleep(past_ttl).await;
             signal(Pid::from_raw(pid), Signal::SIGCONT);
         }
+        Fault::LeaderKill => {
+            let cluster = target.cluster.as_ref().ok_or("leader-kill needs a cluster campaign (--cluster)")?;
+            let leader = cluster.await_leader(Duration::from_secs(20)).await?;
+            record(nemesis, &format!("{} leader {}", target.label(), cluster.members[leader].name));
+            let killed = cluster.kill(leader)?;
+            // Away past the TTL: the others elect a leader and go on without it.
+            sleep(past_ttl).await;
+            cluster.start_again(&killed, Duration::from_secs(60)).await?;
+        }
         Fault::Compact => {
             record(nemesis, "etcd history");
-            conformance_tests::etcd::EtcdHarness::from_env().compact().await;
+            let harness = match &target.cluster {
+                Some(cluster) => conformance_tests::etcd::EtcdHarness::with_endpoints(
+                    cluster.members.iter().map(|m| m.client.clone()).collect(),
+                ),
+                None => conformance_tests::etcd::EtcdHarness::from_env(),
+            };
+            harness.compact().await;
         }
     }
     nemesis.record(Kind::Healed { fault: fault.name().to_owned() });
     Ok(())
 }
 
+/// Kills a worker: a process with SIGKILL, in exec mode its `distlock exec`
+/// too but not the command, which must die because its supervisor did; a
+/// task worker by cutting its client off for good and dropping it.
+async fn kill_worker(worker: &mut Worker, spawn: &Spawner<'_>) {
+    let supervisors = worker_pid(worker).map(process_tree::kill_with_children).unwrap_or_default();
+    match &mut worker.body {
+        Body::Process { child, .. } => {
+            let _ = child.wait().await;
+            process_tree::wait_gone(&supervisors, Duration::from_secs(5)).await;
+        }
+        Body::Task(task) => {
+            if let Some(task) = task.take() {
+                let client = task.kill().await;
+                spawn.graveyard.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+            }
+        }
+    }
+}
+
 fn worker_pid(worker: &Worker) -> Result<Pid, String> {
-    let pid = worker.child.id().ok_or_else(|| format!("worker {} has exited", worker.name))?;
+    let Body::Process { child, .. } = &worker.body else {
+        return Err(format!("worker {} is a task, not a process", worker.name));
+    };
+    let pid = child.id().ok_or_else(|| format!("worker {} has exited", worker.name))?;
     Ok(Pid::from_raw(i32::try_from(pid).map_err(|e| e.to_string())?))
 }
 
@@ -352,7 +467,8 @@ fn signal(pid: Pid, signal: Signal) {
 }
 
 /// Ends every worker: SIGCONT (in case), SIGTERM, then SIGKILL after 10 s
-/// (with everything it started).
+/// (with everything it started); a task worker is told to stop, then
+/// aborted.
 async fn stop(workers: &mut [Worker], nemesis: &mut Recorder) {
     for worker in workers.iter() {
         if let Ok(pid) = worker_pid(worker) {
@@ -362,13 +478,25 @@ async fn stop(workers: &mut [Worker], nemesis: &mut Recorder) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for worker in workers.iter_mut() {
-        if tokio::time::timeout_at(deadline, worker.child.wait()).await.is_err() {
-            if let Ok(pid) = worker_pid(worker) {
-                process_tree::signal_all(&process_tree::descendants(pid), Signal::SIGKILL);
+        let stopped = match &mut worker.body {
+            Body::Task(task) => match task.take() {
+                Some(task) => task.stop(deadline.saturating_duration_since(Instant::now())).await,
+                None => true,
+            },
+            Body::Process { child, .. } => {
+                let exited = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
+                if !exited {
+                    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                        process_tree::signal_all(&process_tree::descendants(Pid::from_raw(pid)), Signal::SIGKILL);
+                    }
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+                exited
             }
-            let _ = worker.child.start_kill();
-            let _ = worker.child.wait().await;
-            nemesis.record(Kind::Died { worker: worker.name.clone() });
+        };
+        if !stopped {
+            nemesis.record(Kind::Died { worker: worker.name.clone(), incarnation: worker.incarnation });
         }
     }
 }

@@ -16,11 +16,17 @@ fn workspace_manifest() -> PathBuf {
     package.parent().unwrap_or(package).join("Cargo.toml")
 }
 
-/// The `distlock` binary to run, built first when running under cargo.
+/// The `distlock` binary to run, built first when running under cargo;
+/// once per process, however many campaigns ask at once.
 ///
 /// # Errors
 /// When it cannot be built, or is not there.
 pub async fn locate() -> Result<PathBuf, String> {
+    static LOCATED: tokio::sync::OnceCell<Result<PathBuf, String>> = tokio::sync::OnceCell::const_new();
+    LOCATED.get_or_init(locate_once).await.clone()
+}
+
+async fn locate_once() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the campaign's executable: {e}"))?;
     let distlock = exe.with_file_name("distlock");
     if let Some(cargo) = std::env::var_os("CARGO") {

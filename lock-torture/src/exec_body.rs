@@ -26,6 +26,10 @@ pub struct ExecBodyArgs {
     /// The worker's name in the history.
     #[arg(long)]
     pub name: String,
+    /// How its writes are signed: the worker incarnation's
+    /// [`crate::worker::writer_id`].
+    #[arg(long)]
+    pub writer: String,
     /// The key the worker asked for, checked against `DISTLOCK_KEY`.
     #[arg(long)]
     pub key: String,
@@ -73,7 +77,7 @@ pub async fn run(args: ExecBodyArgs) -> u8 {
                 if written >= args.writes && !terminated {
                     return 0;
                 }
-                let request = WriteRequest { key: key.clone(), token, worker: args.name.clone() };
+                let request = WriteRequest { key: key.clone(), token, worker: args.writer.clone() };
                 if register.write(&request).await.is_err() {
                     return 1;
                 }

@@ -35,6 +35,12 @@ pub struct ExecWorkerArgs {
     /// The worker's name in the history.
     #[arg(long)]
     pub name: String,
+    /// Which incarnation of the worker this process is (0 for the first,
+    /// one more for each replacement of a killed one): its writes carry
+    /// `{name}#{incarnation}`, so the checker tells a dead incarnation's
+    /// writes from its successor's.
+    #[arg(long, default_value_t = 0)]
+    pub incarnation: usize,
     /// The backend URL (through this worker's proxy, where there is one).
     #[arg(long)]
     pub url: String,
@@ -88,6 +94,7 @@ pub async fn run(args: ExecWorkerArgs) -> u8 {
             .args(["exec", "--backend", &args.url, "--key", &key, "--ttl", &ttl, "--"])
             .arg(&body)
             .args(["exec-body", "--name", &args.name, "--key", &key, "--register", &args.register])
+            .args(["--writer", &crate::worker::writer_id(&args.name, args.incarnation)])
             .arg("--history")
             .arg(&args.history)
             .args(["--writes", &writes.to_string()])

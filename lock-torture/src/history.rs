@@ -32,14 +32,21 @@ pub enum Kind {
     Released { key: String, token: u64, ok: bool },
     /// An acquire failed (timeout, unavailable): the worker tries again.
     AcquireFailed { key: String, error: String },
-    /// The register received a write (accepted or rejected as stale).
+    /// The register received a write (accepted or rejected as stale);
+    /// `worker` is the writing incarnation's `w1#2`.
     Write { key: String, token: u64, worker: String, accepted: bool },
     /// The nemesis injected a fault.
     Fault { fault: String, target: String },
     /// The nemesis healed the fault it last injected.
     Healed { fault: String },
-    /// A worker process died or was killed (recorded by the campaign).
-    Died { worker: String },
+    /// A worker process died or was killed (recorded by the campaign once
+    /// it, and in exec mode its `distlock exec`, are gone).
+    Died {
+        worker: String,
+        /// Which incarnation of the worker died.
+        #[serde(default)]
+        incarnation: usize,
+    },
 }
 
 /// Appends events to one file, flushing each so a killed process loses none

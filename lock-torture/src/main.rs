@@ -7,12 +7,15 @@
 //! process) for overlapping holders, token regressions, stale writes and
 //! recovery times, and the service is inspected for leftovers. In exec mode
 //! the workers hold their locks through `distlock exec`, guarding a command
-//! that traps SIGTERM and writes until it is killed.
+//! that traps SIGTERM and writes until it is killed. With `--cluster` they
+//! use the service's 3-member cluster, whose leader the nemesis kills and
+//! pauses; the memory backend's workers are tasks of the campaign.
 //!
 //! ```sh
 //! lock-torture run --backend etcd --seed 7                 # every fault once
 //! lock-torture run --backend zk --duration 10m --seed 7    # the long campaign
 //! lock-torture run --backend etcd --mode exec --seed 3     # through `distlock exec`
+//! lock-torture run --backend consul --cluster --seed 5     # leader kills and pauses
 //! lock-torture smoke                                       # CI: every backend, both modes, fixed seed
 //! ```
 
@@ -28,6 +31,7 @@ mod process_tree;
 mod register;
 mod report;
 mod target;
+mod task_worker;
 mod worker;
 
 use std::process::ExitCode;
@@ -47,8 +51,10 @@ struct Cli {
 enum Command {
     /// One campaign against one backend.
     Run(campaign::CampaignArgs),
-    /// Every backend, every fault it allows, once, with a fixed seed, then
-    /// every backend in exec mode with the faults that differ there (CI).
+    /// Every backend, every fault it allows, once, with a fixed seed; every
+    /// server backend in exec mode with the faults that differ there, and on
+    /// its cluster with the leader's faults (CI). The backends run side by
+    /// side (their services are separate), each one's campaigns in turn.
     Smoke {
         /// Where histories go.
         #[arg(long, default_value = "target/torture")]
@@ -88,20 +94,22 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker::run(args).await,
             Command::ExecWorker(args) => exec_worker::run(args).await,
             Command::ExecBody(args) => exec_body::run(args).await,
-            Command::Run(args) => campaigns(vec![args]).await,
+            Command::Run(args) => campaigns(vec![vec![args]]).await,
             Command::Smoke { out } => campaigns(smoke(&out)).await,
         }
     });
     ExitCode::from(code)
 }
 
-/// The CI campaigns: every backend, every fault it allows, in library mode;
-/// then every backend in exec mode with the faults whose effect differs
-/// there (a killed supervisor, a paused process tree, a cut that makes
-/// `distlock exec` kill its command), to keep the run short.
-fn smoke(out: &std::path::Path) -> Vec<campaign::CampaignArgs> {
-    let one = |backend: &str, mode, faults: &[Fault]| campaign::CampaignArgs {
+/// The CI campaigns, one lane per backend: every fault it allows in library
+/// mode; then, for the server backends, exec mode with the faults whose
+/// effect differs there (a killed supervisor, a paused process tree, a cut
+/// that makes `distlock exec` kill its command), and the cluster campaign
+/// with the faults a cluster adds (its leader killed and paused).
+fn smoke(out: &std::path::Path) -> Vec<Vec<campaign::CampaignArgs>> {
+    let one = |backend: &str, mode, cluster, faults: &[Fault]| campaign::CampaignArgs {
         backend: backend.to_owned(),
+        cluster,
         mode,
         workers: 4,
         keys: 2,
@@ -112,29 +120,62 @@ fn smoke(out: &std::path::Path) -> Vec<campaign::CampaignArgs> {
         ttl: std::time::Duration::from_secs(2),
         out: out.to_path_buf(),
     };
-    let backends = ["file", "etcd", "zk", "consul"];
-    let library = backends.iter().map(|backend| one(backend, campaign::Mode::Library, &[]));
+    let library = campaign::Mode::Library;
     let exec = [Fault::Kill, Fault::Pause, Fault::Cut];
-    library.chain(backends.iter().map(|backend| one(backend, campaign::Mode::Exec, &exec))).collect()
+    let cluster = [Fault::Pause, Fault::ServerPause, Fault::LeaderKill, Fault::Compact];
+    let mut lanes = vec![vec![one("memory", library, false, &[])], vec![one("file", library, false, &[])]];
+    for backend in ["etcd", "zk", "consul"] {
+        lanes.push(vec![
+            one(backend, library, false, &[]),
+            one(backend, campaign::Mode::Exec, false, &exec),
+            one(backend, library, true, &cluster),
+        ]);
+    }
+    lanes
 }
 
-/// Runs the campaigns one after another and prints the table; exit 0 only
-/// when no campaign found a violation.
-async fn campaigns(all: Vec<campaign::CampaignArgs>) -> u8 {
+/// Runs the lanes side by side, each lane's campaigns one after another,
+/// and prints the table (in lane order); exit 0 only when no campaign found
+/// a violation.
+async fn campaigns(lanes: Vec<Vec<campaign::CampaignArgs>>) -> u8 {
+    // Built before any campaign runs, not while others do.
+    if lanes.iter().flatten().any(|args| args.mode == campaign::Mode::Exec)
+        && let Err(error) = distlock_binary::locate().await
+    {
+        report_error(&error);
+        return 1;
+    }
+    let runs: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for args in &lane {
+                    outcomes.push(campaign::run(args).await.map_err(|error| format!("{}: {error}", args.backend))?);
+                }
+                Ok::<_, String>(outcomes)
+            })
+        })
+        .collect();
     let mut outcomes = Vec::new();
-    for args in &all {
-        match campaign::run(args).await {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(error) => {
-                report_error(&format!("{}: {error}", args.backend));
-                return 1;
+    let mut failed = false;
+    for run in runs {
+        match run.await {
+            Ok(Ok(lane)) => outcomes.extend(lane),
+            Ok(Err(error)) => {
+                report_error(&error);
+                failed = true;
+            }
+            Err(panicked) => {
+                report_error(&format!("a campaign panicked: {panicked}"));
+                failed = true;
             }
         }
     }
     let table = report::table(&outcomes);
     let violations = report::violations(&outcomes);
     emit(&table, violations);
-    u8::from(violations > 0)
+    u8::from(violations > 0 || failed)
 }
 
 #[allow(clippy::print_stdout)]

@@ -18,15 +18,19 @@ pub enum Fault {
     Latency,
     /// A worker's requests applied, their replies thrown away, for a second.
     LostReplies,
-    /// The service's process paused (SIGSTOP) past the TTL, then resumed.
+    /// The service's process paused (SIGSTOP) past the TTL, then resumed;
+    /// in a cluster, the leader's.
     ServerPause,
+    /// The cluster's leader killed (SIGKILL), then started again with its
+    /// data once the others have elected a new one.
+    LeaderKill,
     /// etcd's history compacted to its current revision.
     Compact,
 }
 
 impl Fault {
     /// Every fault, in the order a campaign injects them.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Cut,
@@ -34,6 +38,7 @@ impl Fault {
         Fault::Latency,
         Fault::LostReplies,
         Fault::ServerPause,
+        Fault::LeaderKill,
         Fault::Compact,
     ];
 
@@ -47,17 +52,26 @@ impl Fault {
             Fault::Latency => "latency",
             Fault::LostReplies => "lost-replies",
             Fault::ServerPause => "server-pause",
+            Fault::LeaderKill => "leader-kill",
             Fault::Compact => "compact",
         }
     }
 
-    /// Why the fault cannot be injected on `backend`, if it cannot.
-    pub fn not_applicable(self, backend: &str) -> Option<&'static str> {
-        let network =
-            matches!(self, Fault::Cut | Fault::Reset | Fault::Latency | Fault::LostReplies | Fault::ServerPause);
+    /// Why the fault cannot be injected on `backend` (`memory`, `file`,
+    /// `etcd`, `zk`, `consul`; `cluster` when the workers use the 3-member
+    /// cluster), if it cannot.
+    pub fn not_applicable(self, backend: &str, cluster: bool) -> Option<&'static str> {
+        let network = matches!(self, Fault::Cut | Fault::Reset | Fault::Latency | Fault::LostReplies);
         match (self, backend) {
-            (_, "file") if network => Some("no network and no server: the kernel is the lock service"),
+            (Fault::Kill | Fault::Pause, _) => None,
+            (Fault::Cut, "memory") => None,
+            (_, "memory") => Some("in-process backend: no connection to reset, slow or lose replies on, no server"),
+            (_, "file") => Some("no network and no server: the kernel is the lock service"),
             (Fault::Compact, backend) if backend != "etcd" => Some("only etcd keeps a history to compact"),
+            _ if network && cluster => {
+                Some("workers dial the members directly here; the single-server campaign injects network faults")
+            }
+            (Fault::LeaderKill, _) if !cluster => Some("one server: the cluster campaign (`--cluster`) kills leaders"),
             _ => None,
         }
     }

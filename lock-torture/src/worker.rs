@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lock_core::Locks;
 
 use crate::history::{Kind, Recorder};
 use crate::register::{WriteRequest, Writer};
@@ -15,6 +16,12 @@ pub struct WorkerArgs {
     /// The worker's name in the history.
     #[arg(long)]
     pub name: String,
+    /// Which incarnation of the worker this process is (0 for the first,
+    /// one more for each replacement of a killed one): its writes carry
+    /// `{name}#{incarnation}`, so the checker tells a dead incarnation's
+    /// writes from its successor's.
+    #[arg(long, default_value_t = 0)]
+    pub incarnation: usize,
     /// The backend URL (through this worker's proxy, where there is one).
     #[arg(long)]
     pub url: String,
@@ -49,49 +56,120 @@ pub async fn run(args: WorkerArgs) -> u8 {
             return 69;
         }
     };
-    let Ok(mut register) = Writer::connect(&args.register).await else { return 1 };
-    let mut random = crate::nemesis::Random::new(args.seed);
-    let mut stop = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(stop) => stop,
-        Err(_) => return 1,
+    let Ok(register) = Writer::connect(&args.register).await else { return 1 };
+    let Ok(mut stop) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return 1 };
+    let holder = Holder {
+        name: writer_id(&args.name, args.incarnation),
+        keys: args.keys,
+        writes: args.writes,
+        ttl: None,
+        random: crate::nemesis::Random::new(args.seed),
+        history,
+        register,
     };
-    loop {
-        let key = args.keys[random.below(args.keys.len())].clone();
-        let acquired = tokio::select! {
-            _ = stop.recv() => return 0,
-            // No deadline: a wait that never ends shows as a missing
-            // recovery in the checker, not as a hidden retry.
-            acquired = locks.lock(&key).acquire() => acquired,
-        };
-        let guard = match acquired {
-            Ok(guard) => guard,
-            Err(error) => {
-                history.record(Kind::AcquireFailed { key, error: error.to_string() });
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let token = guard.token().get();
-        history.record(Kind::Granted { key: key.clone(), token });
-        let mut lost = false;
-        for _ in 0..args.writes {
-            // The last look before each write: a holder resumed after a pause
-            // sees its loss here, by its own clock.
-            if guard.is_lost() {
-                let reason = guard.lost().await.to_string();
-                history.record(Kind::Lost { key: key.clone(), token, reason });
-                lost = true;
-                break;
-            }
-            let request = WriteRequest { key: key.clone(), token, worker: args.name.clone() };
-            if register.write(&request).await.is_err() {
-                return 1;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let stopped = async move {
+        stop.recv().await;
+    };
+    holder.contend(&locks, Gate::open(), stopped).await
+}
+
+/// How one incarnation of a worker signs its writes: `w1#2`.
+pub fn writer_id(name: &str, incarnation: usize) -> String {
+    format!("{name}#{incarnation}")
+}
+
+/// What one worker holds its locks with: its keys and seed, its history and
+/// its connection to the register. A worker process runs one; the memory
+/// campaign runs one per task.
+pub struct Holder {
+    /// The incarnation's [`writer_id`], as its writes carry it.
+    pub name: String,
+    /// The keys to contend on.
+    pub keys: Vec<String>,
+    /// Writes per holding.
+    pub writes: u32,
+    /// A TTL to ask for with each lock (the memory backend's; the server
+    /// backends' clients carry theirs).
+    pub ttl: Option<Duration>,
+    /// Its choice of keys.
+    pub random: crate::nemesis::Random,
+    /// Its history.
+    pub history: Recorder,
+    /// Its connection to the register.
+    pub register: Writer,
+}
+
+/// Holds a worker still before its next write while the campaign pauses it:
+/// in-process workers cannot be sent SIGSTOP.
+pub struct Gate(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Gate {
+    /// A gate that never closes (a worker process is paused by signal).
+    pub fn open() -> Self {
+        Self(None)
+    }
+
+    /// A gate closed while `paused` holds true.
+    pub fn controlled(paused: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self(Some(paused))
+    }
+
+    async fn pass(&mut self) {
+        if let Some(paused) = self.0.as_mut() {
+            let _ = paused.wait_for(|paused| !*paused).await;
         }
-        let released = guard.release().await;
-        if !lost {
-            history.record(Kind::Released { key, token, ok: released.is_ok() });
+    }
+}
+
+impl Holder {
+    /// Acquire a key, several fenced writes while it is held (looking for
+    /// loss before each), release; again, until `stop` completes. Returns
+    /// the process's exit code: 0 when stopped, 1 when the register is gone.
+    pub async fn contend(mut self, locks: &Locks, mut gate: Gate, stop: impl Future<Output = ()>) -> u8 {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let key = self.keys[self.random.below(self.keys.len())].clone();
+            let mut request = locks.lock(&key);
+            if let Some(ttl) = self.ttl {
+                request = request.ttl(ttl);
+            }
+            let acquired = tokio::select! {
+                () = &mut stop => return 0,
+                // No deadline: a wait that never ends shows as a missing
+                // recovery in the checker, not as a hidden retry.
+                acquired = request.acquire() => acquired,
+            };
+            let guard = match acquired {
+                Ok(guard) => guard,
+                Err(error) => {
+                    self.history.record(Kind::AcquireFailed { key, error: error.to_string() });
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let token = guard.token().get();
+            self.history.record(Kind::Granted { key: key.clone(), token });
+            let mut lost = false;
+            for _ in 0..self.writes {
+                gate.pass().await;
+                // The last look before each write: a holder resumed after a
+                // pause sees its loss here, by its own clock.
+                if guard.is_lost() {
+                    let reason = guard.lost().await.to_string();
+                    self.history.record(Kind::Lost { key: key.clone(), token, reason });
+                    lost = true;
+                    break;
+                }
+                let request = WriteRequest { key: key.clone(), token, worker: self.name.clone() };
+                if self.register.write(&request).await.is_err() {
+                    return 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let released = guard.release().await;
+            if !lost {
+                self.history.record(Kind::Released { key, token, ok: released.is_ok() });
+            }
         }
     }
 }
