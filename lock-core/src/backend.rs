@@ -179,7 +179,13 @@ pub type LeaderStream =
 
 /// Completes at `deadline`; never when there is none. For the deadline arm of
 /// a backend's wait loop.
+///
+/// While it is pending, the acquisition that [`Locks`](crate::Locks) runs in
+/// this task counts as waiting (`distlock_wait_duration_seconds`, the
+/// `distlock.wait` span; see [`metrics`](crate::metrics)): race it only with
+/// what the acquisition waits for, not with the requests it makes.
 pub async fn deadline_passed(deadline: Option<Instant>) {
+    let _waiting = crate::metrics::waiting();
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

@@ -1,13 +1,16 @@
 //! `Locks`: the handle applications share between tasks.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info_span};
 
 use crate::local::LocalLocks;
+use crate::metrics::{Acquisition, Labels, Outcome};
 use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockKey, LockMode, LockOptions};
 
 /// One client of a lock service, shared by all tasks of a process.
@@ -17,7 +20,8 @@ use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockK
 /// of this client on the same key (so it never depends on how the service
 /// treats a repeated acquire by the same session), and [`LockGuard`]s that
 /// renew and report loss. Clones share the client; two `Locks` built from two
-/// backend instances are two independent clients.
+/// backend instances are two independent clients. Every client reports the
+/// [`metrics`](crate::metrics) and `tracing` spans listed there.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -41,6 +45,7 @@ use crate::{Capabilities, DistributedLock, LockError, LockGuard, LockInfo, LockK
 pub struct Locks {
     backend: Arc<dyn DistributedLock>,
     local: Arc<LocalLocks>,
+    key_labels: bool,
 }
 
 impl Locks {
@@ -52,8 +57,38 @@ impl Locks {
     /// A client on a backend chosen at run time.
     ///
     /// Each call makes a separate client: build it once and clone the `Locks`.
+    /// It describes the [`metrics`](crate::metrics) to the recorder installed
+    /// now, if any.
     pub fn from_backend(backend: Arc<dyn DistributedLock>) -> Self {
-        Self { backend, local: Arc::default() }
+        crate::metrics::describe();
+        Self { backend, local: Arc::default(), key_labels: false }
+    }
+
+    /// Whether the [`metrics`](crate::metrics) of this client's locks carry
+    /// their key as a `key` label (default off).
+    ///
+    /// Turn it on only where the keys are few and known (a handful of jobs,
+    /// say): every key makes series of its own, and a client that locks
+    /// per-user or per-object keys would make them without bound. It applies
+    /// to the locks this `Locks` (and clones made from it afterwards)
+    /// acquires.
+    ///
+    /// ```
+    /// use lock_core::{Locks, MemoryLock};
+    ///
+    /// let locks = Locks::new(MemoryLock::new()).with_key_labels(true);
+    /// # let _ = locks;
+    /// ```
+    #[must_use]
+    pub fn with_key_labels(mut self, key_labels: bool) -> Self {
+        self.key_labels = key_labels;
+        self
+    }
+
+    /// Whether this client's metrics carry keys; see
+    /// [`with_key_labels`](Self::with_key_labels).
+    pub fn key_labels(&self) -> bool {
+        self.key_labels
     }
 
     /// The backend underneath, for raw [`Lease`](crate::Lease) access.
@@ -165,33 +200,58 @@ impl Locks {
     ) -> Result<LockGuard, LockError> {
         let capabilities = self.capabilities();
         options.validate(self.backend_name(), &capabilities)?;
-        let started = Instant::now();
         let span = info_span!(
-            "acquire",
+            "distlock.acquire",
             backend = self.backend_name(),
             key = %key,
             mode = %options.mode_value(),
-            token = tracing::field::Empty
+            token = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
-        async {
-            let local = self.local.acquire(key, options.mode_value());
-            let permit = match deadline {
-                Some(deadline) => timeout_at(deadline, local).await.map_err(|_| LockError::Timeout {
-                    backend: self.backend_name(),
-                    key: key.clone(),
-                    waited: started.elapsed(),
-                })?,
-                None => local.await,
-            };
-            let lease = self.backend.acquire(key, options, deadline).await?;
-            tracing::Span::current().record("token", lease.token().get());
-            debug!(waited = ?started.elapsed(), "acquired");
-            let margin = options.effective_safety_margin(lease.ttl());
-            self.refuse_if_unprovable(&lease, margin).await?;
-            Ok(LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit))
-        }
-        .instrument(span)
-        .await
+        let acquisition = Acquisition::start(self.labels(key, options), span.clone());
+        let result = acquisition
+            .timing_waits(self.wait_and_acquire(key, options, deadline, acquisition.labels()))
+            .instrument(span)
+            .await;
+        acquisition.finish(result.as_ref().map_or_else(Outcome::of_error, |_| Outcome::Granted));
+        result
+    }
+
+    async fn wait_and_acquire(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+        labels: &Labels,
+    ) -> Result<LockGuard, LockError> {
+        let started = Instant::now();
+        let mut local = std::pin::pin!(self.local.acquire(key, options.mode_value()));
+        let permit = match std::future::poll_fn(|cx| Poll::Ready(local.as_mut().poll(cx))).await {
+            Poll::Ready(permit) => permit,
+            Poll::Pending => {
+                // Another task of this client holds the key.
+                let _waiting = crate::metrics::waiting();
+                match deadline {
+                    Some(deadline) => timeout_at(deadline, local).await.map_err(|_| LockError::Timeout {
+                        backend: self.backend_name(),
+                        key: key.clone(),
+                        waited: started.elapsed(),
+                    })?,
+                    None => local.await,
+                }
+            }
+        };
+        let lease = self.backend.acquire(key, options, deadline).await?;
+        tracing::Span::current().record("token", lease.token().get());
+        debug!(waited = ?started.elapsed(), "acquired");
+        let margin = options.effective_safety_margin(lease.ttl());
+        self.refuse_if_unprovable(&lease, margin).await?;
+        let auto_renew = options.auto_renew_value();
+        Ok(LockGuard::start(Arc::clone(&self.backend), lease, margin, auto_renew, permit, labels.clone()))
+    }
+
+    fn labels(&self, key: &LockKey, options: &LockOptions) -> Labels {
+        Labels::new(self.backend_name(), key, options.mode_value(), self.key_labels)
     }
 
     /// One attempt at `key`: `None` when another client, or another task of
@@ -205,14 +265,39 @@ impl Locks {
     /// Cancel safe.
     pub async fn try_acquire(&self, key: &LockKey, options: &LockOptions) -> Result<Option<LockGuard>, LockError> {
         options.validate(self.backend_name(), &self.capabilities())?;
+        let span = info_span!(
+            "distlock.try_acquire",
+            backend = self.backend_name(),
+            key = %key,
+            mode = %options.mode_value(),
+            token = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let acquisition = Acquisition::start(self.labels(key, options), span.clone());
+        let result = self.try_once(key, options, acquisition.labels()).instrument(span).await;
+        acquisition.finish(match &result {
+            Ok(Some(_)) => Outcome::Granted,
+            Ok(None) => Outcome::Busy,
+            Err(error) => Outcome::of_error(error),
+        });
+        result
+    }
+
+    async fn try_once(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        labels: &Labels,
+    ) -> Result<Option<LockGuard>, LockError> {
         let Some(permit) = self.local.try_acquire(key, options.mode_value()) else {
             return Ok(None);
         };
-        let span = info_span!("try_acquire", backend = self.backend_name(), key = %key, mode = %options.mode_value());
-        let Some(lease) = self.backend.try_acquire(key, options).instrument(span).await? else { return Ok(None) };
+        let Some(lease) = self.backend.try_acquire(key, options).await? else { return Ok(None) };
+        tracing::Span::current().record("token", lease.token().get());
         let margin = options.effective_safety_margin(lease.ttl());
         self.refuse_if_unprovable(&lease, margin).await?;
-        Ok(Some(LockGuard::start(Arc::clone(&self.backend), lease, margin, options.auto_renew_value(), permit)))
+        let auto_renew = options.auto_renew_value();
+        Ok(Some(LockGuard::start(Arc::clone(&self.backend), lease, margin, auto_renew, permit, labels.clone())))
     }
 
     /// A grant that can no longer be proven held when it reaches us (the
@@ -297,7 +382,10 @@ impl Locks {
 
 impl fmt::Debug for Locks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Locks").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Locks")
+            .field("backend", &self.backend)
+            .field("key_labels", &self.key_labels)
+            .finish_non_exhaustive()
     }
 }
 

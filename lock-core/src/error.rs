@@ -26,6 +26,24 @@ pub enum LostReason {
     },
 }
 
+impl LostReason {
+    /// The reason's stable short name, as in metrics (the `reason` label of
+    /// `distlock_losses_total`): `revoked`, `session_ended`, `not_confirmed`.
+    ///
+    /// ```
+    /// use lock_core::LostReason;
+    ///
+    /// assert_eq!(LostReason::SessionEnded.name(), "session_ended");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::SessionEnded => "session_ended",
+            Self::NotConfirmed { .. } => "not_confirmed",
+        }
+    }
+}
+
 impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

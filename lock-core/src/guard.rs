@@ -11,7 +11,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::local::LocalPermit;
+use crate::metrics::{Holding, Labels};
 use crate::{DistributedLock, FencingToken, Lease, LockError, LockKey, LostReason};
+
+/// A span named `$name` with the fields of the lock `$shared` holds, and
+/// `outcome` to record.
+macro_rules! lock_span {
+    ($name:literal, $shared:expr) => {
+        info_span!(
+            $name,
+            backend = $shared.backend.backend(),
+            key = %$shared.lease.key(),
+            mode = %$shared.lease.mode(),
+            token = $shared.lease.token().get(),
+            outcome = tracing::field::Empty,
+        )
+    };
+}
+
+/// The `outcome` of a renewal or release, as its span records it.
+fn outcome(result: &Result<(), LockError>) -> &'static str {
+    result.as_ref().map_or_else(crate::metrics::error_kind, |()| "ok")
+}
 
 /// A held lock.
 ///
@@ -29,7 +50,8 @@ use crate::{DistributedLock, FencingToken, Lease, LockError, LockKey, LostReason
 /// [`release`](Self::release) gives the lock back and reports
 /// [`LockError::Lost`] if it had been lost. Dropping the guard without
 /// releasing it starts a best-effort release on the current tokio runtime; with
-/// no runtime running, the TTL frees the lock.
+/// no runtime running, the TTL frees the lock. The guard keeps the
+/// [`metrics`](crate::metrics) of its lock (held, lost, renewed, released).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -60,6 +82,7 @@ struct Shared {
     /// When the last renewal that the service confirmed was sent.
     confirmed_sent: Mutex<Instant>,
     stop: CancellationToken,
+    holding: Arc<Holding>,
 }
 
 impl LockGuard {
@@ -69,21 +92,20 @@ impl LockGuard {
         margin: Duration,
         auto_renew: bool,
         permit: LocalPermit,
+        labels: Labels,
     ) -> Self {
-        let span = info_span!(
-            "lock_guard",
-            backend = backend.backend(),
-            key = %lease.key(),
-            mode = %lease.mode(),
-            token = lease.token().get()
-        );
+        let holding = Holding::grant(labels);
+        let counted = Arc::clone(&holding);
+        lease.loss_signal().on_fire(move |reason| counted.lost(reason));
         let shared = Arc::new(Shared {
             confirmed_sent: Mutex::new(lease.confirmed_at()),
             backend,
             lease,
             margin,
             stop: CancellationToken::new(),
+            holding,
         });
+        let span = lock_span!("distlock.guard", shared);
         let watchdog = tokio::spawn(watch(Arc::clone(&shared), auto_renew).instrument(span));
         Self { shared, watchdog: Some(watchdog), permit: Some(permit), finished: false }
     }
@@ -200,6 +222,13 @@ impl LockGuard {
     /// If the future is dropped the guard's drop path still runs, starting a
     /// best-effort release in the background.
     pub async fn release(mut self) -> Result<(), LockError> {
+        let span = lock_span!("distlock.release", self.shared);
+        let result = self.release_now().instrument(span).await;
+        self.finished = true;
+        result
+    }
+
+    async fn release_now(&mut self) -> Result<(), LockError> {
         let shared = Arc::clone(&self.shared);
         shared.stop.cancel();
         if let Some(watchdog) = self.watchdog.take() {
@@ -207,6 +236,7 @@ impl LockGuard {
             let _ = watchdog.await;
         }
         shared.check_deadline();
+        shared.holding.releasing();
         let result = match shared.lease.loss_signal().reason() {
             Some(reason) => {
                 // Clean up whatever of it is still ours; the answer changes nothing.
@@ -221,8 +251,9 @@ impl LockGuard {
                 other => other,
             },
         };
-        debug!(backend = shared.backend.backend(), key = %shared.lease.key(), ok = result.is_ok(), "released");
-        self.finished = true;
+        shared.holding.released(&result);
+        tracing::Span::current().record("outcome", outcome(&result));
+        debug!(ok = result.is_ok(), "released");
         result
     }
 }
@@ -262,6 +293,14 @@ impl Shared {
     }
 
     async fn renew_once(&self) -> Result<(), LockError> {
+        let span = lock_span!("distlock.renew", self);
+        let result = self.renew_unrecorded().instrument(span.clone()).await;
+        self.holding.renewed(&result);
+        span.record("outcome", outcome(&result));
+        result
+    }
+
+    async fn renew_unrecorded(&self) -> Result<(), LockError> {
         if self.check_deadline() {
             let reason = self.lease.loss_signal().reason().unwrap_or(LostReason::Revoked);
             return Err(self.lost_error(reason));
@@ -300,9 +339,12 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
             if let Some(LostReason::NotConfirmed { .. }) = shared.lease.loss_signal().reason() {
                 // Free what the service may still hold for us, so waiters need
                 // not wait for the TTL; release only ever removes our own grant.
+                let span = lock_span!("distlock.release", shared);
                 tokio::select! {
                     () = shared.stop.cancelled() => {}
-                    _ = shared.backend.release(&shared.lease) => {}
+                    released = shared.backend.release(&shared.lease).instrument(span.clone()) => {
+                        span.record("outcome", outcome(&released));
+                    }
                 }
             }
             return;
@@ -346,19 +388,25 @@ impl Drop for LockGuard {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
+        self.shared.holding.dropped();
         let permit = self.permit.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             debug!(key = %self.shared.lease.key(), "guard dropped outside a runtime; the TTL frees the lock");
             return;
         };
         let shared = Arc::clone(&self.shared);
-        runtime.spawn(async move {
-            if let Err(error) = shared.backend.release(&shared.lease).await {
-                debug!(key = %shared.lease.key(), %error, "best-effort release on drop failed; the TTL frees the lock");
+        let span = lock_span!("distlock.release", shared);
+        let release = async move {
+            let result = shared.backend.release(&shared.lease).await;
+            if let Err(error) = &result {
+                shared.holding.release_failed(error);
+                debug!(%error, "best-effort release on drop failed; the TTL frees the lock");
             }
+            tracing::Span::current().record("outcome", outcome(&result));
             // Other tasks of this client may take the key only now.
             drop(permit);
-        });
+        };
+        runtime.spawn(release.instrument(span));
     }
 }
 

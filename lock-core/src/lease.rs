@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,7 +33,12 @@ use crate::{FencingToken, LockError, LockKey, LockMode, LostReason};
 pub struct LossSignal {
     token: CancellationToken,
     reason: Arc<OnceLock<LostReason>>,
+    /// Called once with the reason, before anyone waiting hears of it: the
+    /// guard counts its loss there.
+    hook: Arc<Mutex<Option<LossHook>>>,
 }
+
+type LossHook = Box<dyn Fn(&LostReason) + Send + Sync>;
 
 impl LossSignal {
     /// A signal that has not fired.
@@ -44,8 +49,28 @@ impl LossSignal {
     /// Fires the signal; only the first call's reason is kept.
     pub fn fire(&self, reason: LostReason) {
         if self.reason.set(reason).is_ok() {
+            if let (Some(hook), Some(reason)) = (self.hook().as_ref(), self.reason.get()) {
+                hook(reason);
+            }
             self.token.cancel();
         }
+    }
+
+    /// Calls `hook` with the reason when the signal fires, or now if it has
+    /// fired already (the only hook: a later call replaces it). A hook may
+    /// run in any task or thread that fires the signal, so it must not block.
+    pub(crate) fn on_fire(&self, hook: impl Fn(&LostReason) + Send + Sync + 'static) {
+        let mut slot = self.hook();
+        // Under the slot's lock, so a concurrent `fire` either sees the hook
+        // or has set its reason before this looks.
+        if let Some(reason) = self.reason.get() {
+            hook(reason);
+        }
+        *slot = Some(Box::new(hook));
+    }
+
+    fn hook(&self) -> std::sync::MutexGuard<'_, Option<LossHook>> {
+        self.hook.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether the signal has fired.

@@ -7,6 +7,8 @@
 //!   [`LockGuard`]s that renew in the background and report loss through
 //!   [`LockGuard::lost`], by the service's word or by their own clock.
 //! * [`MemoryLock`] is the in-memory reference backend.
+//! * [`metrics`] names the metrics and `tracing` spans every client reports,
+//!   whatever the backend.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -32,6 +34,7 @@ mod key;
 mod lease;
 mod local;
 mod memory;
+pub mod metrics;
 mod mode;
 mod observe;
 mod options;
