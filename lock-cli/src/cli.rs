@@ -100,6 +100,11 @@ pub struct ExecArgs {
     /// address, say): `distlock leader --key KEY` prints it.
     #[arg(long, value_name = "VALUE", conflicts_with_all = ["shared", "limit"])]
     pub value: Option<String>,
+    /// Write one JSON line per event (waiting, acquired with its token,
+    /// lost with its reason, command-exited, released) to FILE (appended),
+    /// or to stdout with `-`, for log pipelines.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

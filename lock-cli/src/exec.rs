@@ -6,12 +6,14 @@ use std::os::unix::process::ExitStatusExt;
 use distlock::{LockGuard, LockOptions, Locks};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde_json::json;
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::cli::{ExecArgs, backend_url};
+use crate::events::{Events, millis_since};
 use crate::grace::{OnLoss, Stop};
 use crate::terminal::ForegroundTerminal;
 use crate::{exit, indicator, trampoline};
@@ -25,6 +27,13 @@ const FORWARDED: [Signal; 6] =
 /// terminal while it runs.
 pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     let key = &args.target.key;
+    let mut events = match Events::open(args.events.as_deref(), key) {
+        Ok(events) => events,
+        Err(error) => {
+            eprintln!("distlock: cannot open the events file {:?}: {error}", args.events.as_deref().unwrap_or(""));
+            return exit::CONFIG;
+        }
+    };
     let url = backend_url(&args.target);
     let connected = match args.ttl {
         Some(ttl) => distlock::connect_with_ttl(&url, ttl).await,
@@ -51,17 +60,25 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
         }
     };
     debug!(?ttl, ?stop, "how the command is stopped if the lock is lost");
+    events.emit("waiting", json!({ "mode": options.mode_value().to_string() }));
+    let asked = std::time::Instant::now();
     let guard = match acquire(&locks, &args, options).await {
         Ok(Some(guard)) => guard,
         Ok(None) => {
             let holder = locks.inspect(key).await.ok().flatten();
             let by = holder.map(|h| format!(" by {} (token {})", h.owner, h.token)).unwrap_or_default();
             eprintln!("distlock: {key} is held{by}");
+            events.emit("not-acquired", json!({ "reason": format!("held{by}") }));
             return exit::NOT_ACQUIRED;
         }
-        Err(error) => return fail(&error),
+        Err(error) => {
+            events.emit("not-acquired", json!({ "reason": error.to_string() }));
+            return fail(&error);
+        }
     };
     info!(key, token = guard.token().get(), "acquired");
+    events.emit("acquired", json!({ "token": guard.token().get(), "waited_ms": millis_since(asked) }));
+    let held_since = std::time::Instant::now();
     let Some((program, arguments)) = args.command.split_first() else { return exit::USAGE };
     // Spawned from this thread, which runs `main`: the command's death signal
     // comes when the thread that started it ends (see `trampoline`).
@@ -73,11 +90,13 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
         Ok(child) => child,
         Err(error) => {
             eprintln!("distlock: cannot run {program}: {error}");
-            let _ = guard.release().await;
+            let released = guard.release().await;
+            events.emit("released", json!({ "ok": released.is_ok(), "held_ms": millis_since(held_since) }));
             return if error.kind() == ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
         }
     };
-    let code = supervise(child, guard, stop, terminal.as_ref()).await;
+    events.emit("command-started", json!({ "command_pid": child.id() }));
+    let code = supervise(child, guard, stop, terminal.as_ref(), &mut events, held_since).await;
     if let Some(terminal) = &terminal {
         terminal.take_back();
     }
@@ -134,7 +153,14 @@ fn unreachable_pending() -> Result<LockGuard, distlock::LockError> {
 /// it exits.
 /// With a terminal, it also follows the command's stops (see
 /// [`ForegroundTerminal::stop_with_command`]).
-async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Option<&ForegroundTerminal>) -> u8 {
+async fn supervise(
+    mut child: Child,
+    guard: LockGuard,
+    stop: Stop,
+    terminal: Option<&ForegroundTerminal>,
+    events: &mut Events,
+    held_since: std::time::Instant,
+) -> u8 {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
     let mut child_changes = match terminal.map(|_| signal(SignalKind::child())) {
         Some(Ok(stream)) => Some(stream),
@@ -198,6 +224,10 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
                         guard.key()
                     );
                     stop_command(pid, Signal::SIGTERM, terminal);
+                    events.emit(
+                        "lost",
+                        json!({ "reason": format!("not renewed in time: it may be lost in {left}"), "cause": "expiring" }),
+                    );
                     // When the guard gives the lock up, still before the
                     // service can grant it elsewhere.
                     kill_at = Some(Instant::now() + remaining);
@@ -207,6 +237,9 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
                 lost = true;
                 term_check_at = None;
                 let key = guard.key();
+                if !stopping {
+                    events.emit("lost", json!({ "reason": reason.to_string(), "cause": reason.name() }));
+                }
                 let expired = proven_until.is_some_and(|until| Instant::now() >= until);
                 match stop.on_loss(&reason, expired, stopping) {
                     OnLoss::Kill => {
@@ -244,7 +277,15 @@ async fn supervise(mut child: Child, guard: LockGuard, stop: Stop, terminal: Opt
             }
         }
     };
+    match &status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => events.emit("command-exited", json!({ "code": code })),
+            (None, signal) => events.emit("command-exited", json!({ "signal": signal })),
+        },
+        Err(error) => events.emit("command-exited", json!({ "error": error.to_string() })),
+    }
     let released = guard.release().await;
+    events.emit("released", json!({ "ok": released.is_ok(), "held_ms": millis_since(held_since) }));
     if stopping || matches!(released, Err(distlock::LockError::Lost { .. })) {
         if !stopping {
             eprintln!("distlock: the lock was lost before the command finished");
