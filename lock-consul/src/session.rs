@@ -121,7 +121,9 @@ impl Session {
             return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded));
         }
         let request = || async {
-            match api.renew_session(&self.id).await {
+            let renewed = api.renew_session(&self.id).await;
+            lock_core::metrics::session_renewal(BACKEND, matches!(renewed, Ok(true)));
+            match renewed {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     warn!(session = %self.id, "Consul no longer knows the session");

@@ -291,8 +291,10 @@ impl DistributedLock for ZkLock {
         // deletion is watched); otherwise ask, about once a quarter TTL per
         // session, not once per lock.
         let check = || async {
-            let stat: Option<Stat> =
-                grant.session.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await?;
+            let answer = grant.session.call(lease.key(), "renew", grant.session.client.check_stat(&grant.path)).await;
+            // The session proved alive (or not) for all its locks.
+            lock_core::metrics::session_renewal(BACKEND, answer.is_ok());
+            let stat: Option<Stat> = answer?;
             match stat {
                 Some(stat) if stat.czxid == grant.czxid => Ok(()),
                 _ => {
