@@ -159,9 +159,11 @@ pub fn describe() {
 /// locks of a client share): confirmed when `ok`, failed otherwise.
 ///
 /// For backends to call from their keep-alive loop; `backend` is their
-/// [`DistributedLock::backend`](crate::DistributedLock::backend) name. The
-/// built-in backends are not wired to it yet: until they are, these two
-/// counters stay at zero.
+/// [`DistributedLock::backend`](crate::DistributedLock::backend) name. etcd
+/// counts each lease keep-alive, Consul each session renewal, ZooKeeper
+/// each session proof (a read that proves the session and every lock of
+/// it, about once a quarter of the session timeout; the client library's
+/// own pings are not counted); the memory and file backends have no session.
 pub fn session_renewal(backend: &'static str, ok: bool) {
     let name = if ok { SESSION_RENEWALS_TOTAL } else { SESSION_RENEWAL_FAILURES_TOTAL };
     counter!(name, "backend" => backend).increment(1);

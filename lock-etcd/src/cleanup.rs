@@ -20,10 +20,11 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use lock_core::{LockError, LossSignal};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 use tracing::{debug, warn};
 
 use crate::contender::Standing;
+use crate::endpoints::{EndpointHealth, Replay};
 
 /// What the write of a contender key returned: its create revision, and
 /// where it stands.
@@ -60,7 +61,12 @@ pub(crate) struct Cleanups {
 impl Cleanups {
     /// Starts deleting `leftover` in the background, after any clean-up of
     /// the same key still in flight.
-    pub(crate) fn start(self: &Arc<Self>, client: Client, leftover: Leftover, request_timeout: Duration) {
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        connection: (Client, EndpointHealth),
+        leftover: Leftover,
+        request_timeout: Duration,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let gate = Arc::new(Mutex::new(()));
         let Ok(held) = Arc::clone(&gate).try_lock_owned() else { return };
@@ -71,7 +77,7 @@ impl Cleanups {
                 drop(before.lock().await);
             }
             let contender = leftover.contender.clone();
-            delete(&client, leftover, request_timeout).await;
+            delete(&connection, leftover, request_timeout).await;
             cleanups.finish(&contender, &gate, held);
         });
     }
@@ -101,7 +107,7 @@ impl Cleanups {
 
 /// Deletes the leftover key if it is still the one written, retrying with
 /// backoff until etcd answers or the lease is gone.
-async fn delete(client: &Client, leftover: Leftover, limit: Duration) {
+async fn delete((client, health): &(Client, EndpointHealth), leftover: Leftover, limit: Duration) {
     let contender = leftover.contender.as_str();
     let known = match leftover.written {
         Written::At(revision) => Some(revision),
@@ -125,12 +131,15 @@ async fn delete(client: &Client, leftover: Leftover, limit: Duration) {
     let txn = Txn::new().when([ours]).and_then([TxnOp::delete(contender, None)]);
     let mut pause = Duration::from_millis(100);
     let mut tries = 0u32;
-    let mut kv = client.kv_client();
+    let send = || {
+        let (mut kv, txn) = (client.kv_client(), txn.clone());
+        async move { kv.txn(txn).await }
+    };
     loop {
         tries += 1;
         tokio::select! {
             _ = leftover.lease_ended.fired() => return,
-            outcome = timeout(limit, kv.txn(txn.clone())) => match outcome {
+            outcome = health.send(limit, Replay::IfNeverSent, send) => match outcome {
                 Ok(Ok(deleted)) if deleted.succeeded() || late_checks == 0 => return,
                 Ok(Ok(_)) => {
                     late_checks -= 1;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, SortOrder, Txn, TxnOp};
 use lock_core::{ClientSession, LockError, LockKey, LockMode, LockOptions, LostReason};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
 use crate::cleanup::{Leftover, WriteOutcome, Written};
 use crate::client::Session;
+use crate::endpoints::{EndpointHealth, Replay};
 use crate::queue::KeyRange;
 use crate::reader_writer::Contention;
 use crate::semaphore::{Places, Record};
@@ -75,7 +76,7 @@ impl EtcdLock {
                 return Err(LockError::timeout(BACKEND, key, started));
             }
             let write = tokio::spawn(write_contender(
-                self.client.clone(),
+                (self.client.clone(), self.health.clone()),
                 key.clone(),
                 contender.clone(),
                 Queue { blockers: contention.blockers().to_vec(), places: contention.places().cloned() },
@@ -113,14 +114,14 @@ impl EtcdLock {
         let txn = Txn::new()
             .when([Compare::create_revision(contender, CompareOp::Equal, revision)])
             .and_then([TxnOp::delete(contender, None)]);
-        let mut kv = self.client.kv_client();
-        Ok(self.call(key, "delete contender", kv.txn(txn)).await?.succeeded())
+        Ok(self.txn(key, "delete contender", Replay::IfNeverSent, txn).await?.succeeded())
     }
 
     /// Starts deleting a key of ours that holds no grant, in the background;
     /// the next attempt on that key waits until it is done.
     pub(crate) fn clean_up(&self, leftover: Leftover) {
-        self.cleanups.start(self.client.clone(), leftover, self.config.request_timeout_value());
+        let connection = (self.client.clone(), self.health.clone());
+        self.cleanups.start(connection, leftover, self.config.request_timeout_value());
     }
 }
 
@@ -151,8 +152,12 @@ struct Queue {
 /// A key of ours that already exists is stale (a holding whose release did
 /// not land, or an attempt whose cleanup did not): it is deleted and written
 /// anew, so every grant gets a revision of its own and tokens never repeat.
+///
+/// Each write is sent again only when it provably never left the client; a
+/// write that may have reached etcd fails, and its attempt's clean-up deals
+/// with the key it may have left.
 async fn write_contender(
-    client: Client,
+    (client, health): (Client, EndpointHealth),
     key: LockKey,
     mine: String,
     queue: Queue,
@@ -161,7 +166,16 @@ async fn write_contender(
     limit: std::time::Duration,
 ) -> WriteOutcome {
     let Queue { blockers, places } = queue;
-    let mut kv = client.kv_client();
+    let run = |txn: Txn| {
+        let (client, health) = (&client, &health);
+        async move {
+            let send = || {
+                let (mut kv, txn) = (client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            };
+            health.send(limit, Replay::IfNeverSent, send).await
+        }
+    };
     for _ in 0..3 {
         let mut writes = vec![TxnOp::put(mine.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))];
         writes.extend(blockers.iter().map(|range| range.first(SortOrder::Ascend, None)));
@@ -170,7 +184,7 @@ async fn write_contender(
             .when([Compare::create_revision(mine.clone(), CompareOp::Equal, 0)])
             .and_then(writes)
             .or_else([TxnOp::get(mine.clone(), None)]);
-        let response = match timeout(limit, kv.txn(txn)).await {
+        let response = match run(txn).await {
             Ok(response) => response.map_err(|e| error::map(Some(&key), e))?,
             Err(_) => return Err(error::timed_out(Some(&key), "contend", limit)),
         };
@@ -199,7 +213,7 @@ async fn write_contender(
             let delete = Txn::new()
                 .when([Compare::create_revision(mine.clone(), CompareOp::Equal, stale)])
                 .and_then([TxnOp::delete(mine.clone(), None)]);
-            match timeout(limit, kv.txn(delete)).await {
+            match run(delete).await {
                 Ok(deleted) => drop(deleted.map_err(|e| error::map(Some(&key), e))?),
                 Err(_) => return Err(error::timed_out(Some(&key), "delete stale contender", limit)),
             }

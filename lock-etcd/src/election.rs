@@ -38,10 +38,11 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, 
 use lock_core::{ClientSession, LeaderStream, Lease, LockError, LockInfo, LockKey, LostReason, MAX_VALUE_BYTES};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 use tracing::{Instrument, debug, info_span};
 
 use crate::contender::{lost, stored_value};
+use crate::endpoints::{EndpointHealth, Replay};
 use crate::layout::{contenders_prefix, mode_of};
 use crate::queue::KeyRange;
 use crate::reader_writer::holder_info;
@@ -65,8 +66,7 @@ impl EtcdLock {
         let txn = Txn::new()
             .when([Compare::create_revision(grant.contender.as_str(), CompareOp::Equal, grant.revision)])
             .and_then([put]);
-        let mut kv = self.client.kv_client();
-        let done = self.call(lease.key(), "proclaim", kv.txn(txn)).await?;
+        let done = self.txn(lease.key(), "proclaim", Replay::IfNeverSent, txn).await?;
         if done.succeeded() {
             debug!(key = %lease.key(), token = grant.revision, "proclaimed");
             return Ok(());
@@ -82,6 +82,7 @@ impl EtcdLock {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let observer = Observer {
             client: self.client.clone(),
+            health: self.health.clone(),
             hub: Arc::clone(&self.hub),
             key: key.clone(),
             prefix: contenders_prefix(self.config.namespace_value(), key),
@@ -124,6 +125,7 @@ type Identity = Option<(Vec<u8>, i64, Vec<u8>)>;
 /// Watches one election for its observer.
 struct Observer {
     client: Client,
+    health: EndpointHealth,
     hub: Arc<WatchHub>,
     key: LockKey,
     prefix: String,
@@ -201,8 +203,11 @@ impl Observer {
     /// of the read.
     async fn leader(&self) -> Result<(Option<KeyValue>, i64), LockError> {
         let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let mut kv = self.client.kv_client();
-        let found = match timeout(self.request_timeout, kv.get(self.prefix.as_str(), Some(first))).await {
+        let read = || {
+            let (mut kv, prefix, first) = (self.client.kv_client(), self.prefix.clone(), first.clone());
+            async move { kv.get(prefix, Some(first)).await }
+        };
+        let found = match self.health.send(self.request_timeout, Replay::Idempotent, read).await {
             Ok(found) => found.map_err(|e| error::map(Some(&self.key), e))?,
             Err(_) => return Err(error::timed_out(Some(&self.key), "read the leader", self.request_timeout)),
         };

@@ -70,6 +70,7 @@ mod client;
 mod config;
 mod contender;
 mod election;
+mod endpoints;
 mod error;
 mod layout;
 mod lock;

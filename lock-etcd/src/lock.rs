@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::{Client, GetOptions, GetResponse, SortOrder, SortTarget, Txn, TxnResponse};
 use lock_core::{
     Capabilities, ClientSession, DistributedLock, FencingToken, LeaderStream, Lease, LockError, LockInfo, LockKey,
     LockMode, LockOptions, LossSignal, LostReason, SessionSlot,
@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::cleanup::{Cleanups, Written};
 use crate::client::{Session, connect};
 use crate::contender::{Attempt, Entered, Standing, leftover, lost};
+use crate::endpoints::{EndpointHealth, Replay};
 use crate::layout::{contenders_prefix, mode_of};
 use crate::monitor::{HeldKey, monitor};
 use crate::reader_writer::{Contention, holder_info, holders};
@@ -56,6 +57,8 @@ use crate::{BACKEND, EtcdConfig, error};
 /// ```
 pub struct EtcdLock {
     pub(crate) client: Client,
+    /// Keeps the client's balancer on the members that answer.
+    pub(crate) health: EndpointHealth,
     pub(crate) config: EtcdConfig,
     sessions: SessionSlot<Session>,
     pub(crate) hub: Arc<WatchHub>,
@@ -95,11 +98,12 @@ impl EtcdLock {
     /// [`LockError::InvalidConfig`] for a malformed configuration;
     /// [`LockError::Unavailable`] when no endpoint answers in time.
     pub async fn connect(config: EtcdConfig) -> Result<Self, LockError> {
-        let client = connect(&config).await?;
+        let (client, health) = connect(&config).await?;
         let sentinel = format!("{}\u{0}watch-sentinel", config.namespace_value()).into_bytes();
-        let hub = WatchHub::start(client.clone(), sentinel);
+        let hub = WatchHub::start(client.clone(), health.clone(), sentinel);
         Ok(Self {
             client,
+            health,
             config,
             sessions: SessionSlot::default(),
             hub,
@@ -120,21 +124,60 @@ impl EtcdLock {
 
     pub(crate) async fn session(&self, key: &LockKey) -> Result<Arc<Session>, LockError> {
         let (ttl, limit) = (self.config.lease_ttl_value(), self.config.request_timeout_value());
-        self.sessions.get_or_start(|| Session::start(&self.client, ttl, limit, Some(key))).await
+        self.sessions.get_or_start(|| Session::start(&self.client, &self.health, ttl, limit, Some(key))).await
     }
 
-    /// Runs one request with the request timeout, mapping its error.
-    pub(crate) async fn call<T>(
+    /// Runs one request with the request timeout, mapping its error; after a
+    /// transport failure it is sent again on the remaining members as
+    /// `replay` allows (see [`EndpointHealth::send`]).
+    pub(crate) async fn call<T, Fut>(
         &self,
         key: &LockKey,
         what: &str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, LockError> {
+        replay: Replay,
+        request: impl FnMut() -> Fut,
+    ) -> Result<T, LockError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let limit = self.config.request_timeout_value();
-        match timeout(limit, request).await {
+        match self.health.send(limit, replay, request).await {
             Ok(result) => result.map_err(|e| error::map(Some(key), e)),
             Err(_) => Err(error::timed_out(Some(key), what, limit)),
         }
+    }
+
+    /// Reads `range` with [`call`](Self::call); a read may always be sent
+    /// again.
+    pub(crate) async fn get(
+        &self,
+        key: &LockKey,
+        what: &str,
+        range: impl Into<Vec<u8>>,
+        options: GetOptions,
+    ) -> Result<GetResponse, LockError> {
+        let range = range.into();
+        let read = || {
+            let (mut kv, range, options) = (self.client.kv_client(), range.clone(), options.clone());
+            async move { kv.get(range, Some(options)).await }
+        };
+        self.call(key, what, Replay::Idempotent, read).await
+    }
+
+    /// Runs `txn` with [`call`](Self::call): `Replay::Idempotent` only for a
+    /// transaction that writes nothing.
+    pub(crate) async fn txn(
+        &self,
+        key: &LockKey,
+        what: &str,
+        replay: Replay,
+        txn: Txn,
+    ) -> Result<TxnResponse, LockError> {
+        let run = || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        };
+        self.call(key, what, replay, run).await
     }
 
     /// Where an attempt at `key` in `mode` queues.
@@ -168,7 +211,7 @@ impl EtcdLock {
         let stop_monitor = CancellationToken::new();
         tokio::spawn(monitor(
             Arc::clone(&self.hub),
-            self.client.clone(),
+            (self.client.clone(), self.health.clone()),
             Arc::clone(&session),
             HeldKey { contender: contender.clone(), revision },
             loss.clone(),
@@ -310,16 +353,14 @@ impl DistributedLock for EtcdLock {
         // readers.
         let prefix = contenders_prefix(self.config.namespace_value(), key);
         let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let mut kv = self.client.kv_client();
-        let found = self.call(key, "inspect", kv.get(prefix.as_str(), Some(first))).await?;
+        let found = self.get(key, "inspect", prefix.as_str(), first).await?;
         Ok(found.kvs().first().map(|holder| holder_info(holder, mode_of(&prefix, holder.key(), holder.value()))))
     }
 
     async fn holders(&self, key: &LockKey) -> Result<Vec<LockInfo>, LockError> {
         let prefix = contenders_prefix(self.config.namespace_value(), key);
         let all = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
-        let mut kv = self.client.kv_client();
-        let found = self.call(key, "list holders", kv.get(prefix.as_str(), Some(all))).await?;
+        let found = self.get(key, "list holders", prefix.as_str(), all).await?;
         Ok(holders(&prefix, found.kvs()))
     }
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use lock_core::{ClientSession, LockError, LossSignal, LostReason};
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::client::Session;
+use crate::endpoints::{EndpointHealth, Replay};
 use crate::error;
 use crate::watch::{WatchEnd, WatchHub};
 
@@ -31,7 +32,7 @@ pub(crate) struct HeldKey {
 /// on from the revision of that read, so a deletion after it is seen.
 pub(crate) async fn monitor(
     hub: Arc<WatchHub>,
-    client: Client,
+    connection: (Client, EndpointHealth),
     session: Arc<Session>,
     held: HeldKey,
     loss: LossSignal,
@@ -55,7 +56,7 @@ pub(crate) async fn monitor(
             },
         }
         // Compacted, or the hub stopped: ask etcd directly.
-        match still_held(&client, &held, request_timeout).await {
+        match still_held(&connection, &held, request_timeout).await {
             Ok(Some(seen_at)) => {
                 watch_from = seen_at + 1;
                 pause = RETRY_FIRST;
@@ -81,10 +82,16 @@ pub(crate) async fn monitor(
 
 /// The revision at which etcd answered that the key is still our grant, or
 /// `None` when it is gone or is another incarnation.
-pub(crate) async fn still_held(client: &Client, held: &HeldKey, limit: Duration) -> Result<Option<i64>, LockError> {
-    let mut kv = client.kv_client();
-    let read = kv.get(held.contender.as_str(), Some(GetOptions::new().with_keys_only()));
-    let found = match timeout(limit, read).await {
+pub(crate) async fn still_held(
+    (client, health): &(Client, EndpointHealth),
+    held: &HeldKey,
+    limit: Duration,
+) -> Result<Option<i64>, LockError> {
+    let read = || {
+        let (mut kv, contender) = (client.kv_client(), held.contender.clone());
+        async move { kv.get(contender, Some(GetOptions::new().with_keys_only())).await }
+    };
+    let found = match health.send(limit, Replay::Idempotent, read).await {
         Ok(found) => found.map_err(|e| error::map(None, e))?,
         Err(_) => return Err(error::timed_out(None, "read our key", limit)),
     };

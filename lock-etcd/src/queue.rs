@@ -10,6 +10,7 @@ use tokio::time::{Duration, Instant, sleep};
 use tracing::debug;
 
 use crate::contender::{Entered, all_kvs, first_kv, lost};
+use crate::endpoints::Replay;
 use crate::reader_writer::Contention;
 use crate::watch::{ChangeWatch, Changes, WatchEnd};
 use crate::{BACKEND, EtcdLock};
@@ -111,8 +112,8 @@ impl EtcdLock {
             if let Some(places) = places {
                 reads.push(places.range.first_before(revision, places.limit.get()));
             }
-            let mut kv = self.client.kv_client();
-            let snapshot = match self.call(key, "find predecessor", kv.txn(Txn::new().and_then(reads))).await {
+            let snapshot = match self.txn(key, "find predecessor", Replay::Idempotent, Txn::new().and_then(reads)).await
+            {
                 Ok(snapshot) => snapshot,
                 // The first request after the connection was reset (what
                 // woke us may be the watch stream coming back) can meet the
@@ -221,9 +222,7 @@ impl EtcdLock {
 
     /// The create revision of `etcd_key` now, if it exists.
     async fn create_revision(&self, key: &LockKey, etcd_key: &[u8]) -> Result<Option<i64>, LockError> {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_keys_only();
-        let found = self.call(key, "check predecessor", kv.get(etcd_key, Some(options))).await?;
+        let found = self.get(key, "check predecessor", etcd_key, GetOptions::new().with_keys_only()).await?;
         Ok(found.kvs().first().map(KeyValue::create_revision))
     }
 }

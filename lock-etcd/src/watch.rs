@@ -10,8 +10,10 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, info_span};
+
+use crate::endpoints::EndpointHealth;
 
 /// Why a watch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +121,11 @@ pub(crate) struct Watch {
 }
 
 impl WatchHub {
-    pub(crate) fn start(client: Client, sentinel: Vec<u8>) -> Arc<Self> {
+    /// Starts the hub's stream on `client`; `health` hears of its failures.
+    /// `sentinel`: a key no one writes, watched to keep the stream open.
+    pub(crate) fn start(client: Client, health: EndpointHealth, sentinel: Vec<u8>) -> Arc<Self> {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(client, sentinel, receiver).instrument(info_span!("etcd_watch_hub")));
+        let task = tokio::spawn(run(client, health, sentinel, receiver).instrument(info_span!("etcd_watch_hub")));
         Arc::new(Self { commands, next_id: AtomicI64::new(FIRST_ID), task })
     }
 
@@ -225,16 +229,29 @@ impl Drop for ChangeWatch {
 const SENTINEL_ID: i64 = 1;
 const FIRST_ID: i64 = 2;
 
-async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedReceiver<Command>) {
+/// Keeps the stream open and every active watch on it. A stream that
+/// breaks, or cannot be opened, may have met a member that died: the
+/// members are checked (a dead one leaves the balancer) before it is opened
+/// again, at once if one was removed.
+async fn run(
+    client: Client,
+    health: EndpointHealth,
+    sentinel: Vec<u8>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
     let mut active: HashMap<i64, Active> = HashMap::new();
     let mut backoff = Duration::from_millis(50);
     loop {
+        let sent = Instant::now();
         let opened =
             client.watch_client().watch(sentinel.clone(), Some(WatchOptions::new().with_watch_id(SENTINEL_ID))).await;
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(error) => {
                 debug!(%error, "cannot open the watch stream; retrying");
+                if crate::error::is_transport(&error) && health.failed(sent).await {
+                    continue;
+                }
                 if !drain_cancels(&mut commands, &mut active, backoff).await {
                     return;
                 }
@@ -242,6 +259,7 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
                 continue;
             }
         };
+        let opened = sent;
         backoff = Duration::from_millis(50);
         let mut healthy = true;
         for (id, watch) in &active {
@@ -286,6 +304,7 @@ async fn run(client: Client, sentinel: Vec<u8>, mut commands: mpsc::UnboundedRec
             }
         }
         debug!(watches = active.len(), "watch stream broke; reopening it");
+        health.failed(opened).await;
         active.retain(|_, watch| !watch.notify.is_closed());
     }
 }
