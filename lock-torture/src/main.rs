@@ -174,14 +174,18 @@ async fn campaigns(lanes: Vec<Vec<campaign::CampaignArgs>>) -> u8 {
     }
     let table = report::table(&outcomes);
     let violations = report::violations(&outcomes);
-    emit(&table, violations);
+    emit(&table, violations, failed);
     u8::from(violations > 0 || failed)
 }
 
 #[allow(clippy::print_stdout)]
-fn emit(table: &str, violations: usize) {
+fn emit(table: &str, violations: usize, failed: bool) {
     println!("{table}");
-    println!("torture: {violations} violations");
+    if failed {
+        println!("torture: {violations} violations, and a campaign could not run (see above)");
+    } else {
+        println!("torture: {violations} violations");
+    }
 }
 
 #[allow(clippy::print_stderr)]
