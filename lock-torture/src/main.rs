@@ -102,10 +102,11 @@ fn main() -> ExitCode {
 }
 
 /// The CI campaigns, one lane per backend: every fault it allows in library
-/// mode; then, for the server backends, exec mode with the faults whose
-/// effect differs there (a killed supervisor, a paused process tree, a cut
-/// that makes `distlock exec` kill its command), and the cluster campaign
-/// with the faults a cluster adds (its leader killed and paused).
+/// mode; then, but for memory, exec mode with the faults whose effect
+/// differs there (a killed supervisor, a paused process tree, a cut that
+/// makes `distlock exec` kill its command); then, for the server backends,
+/// the cluster campaign with the faults a cluster adds (its leader killed
+/// and paused).
 fn smoke(out: &std::path::Path) -> Vec<Vec<campaign::CampaignArgs>> {
     let one = |backend: &str, mode, cluster, faults: &[Fault]| campaign::CampaignArgs {
         backend: backend.to_owned(),
@@ -123,7 +124,10 @@ fn smoke(out: &std::path::Path) -> Vec<Vec<campaign::CampaignArgs>> {
     let library = campaign::Mode::Library;
     let exec = [Fault::Kill, Fault::Pause, Fault::Cut];
     let cluster = [Fault::Pause, Fault::ServerPause, Fault::LeaderKill, Fault::Compact];
-    let mut lanes = vec![vec![one("memory", library, false, &[])], vec![one("file", library, false, &[])]];
+    let mut lanes = vec![
+        vec![one("memory", library, false, &[])],
+        vec![one("file", library, false, &[]), one("file", campaign::Mode::Exec, false, &exec)],
+    ];
     for backend in ["etcd", "zk", "consul"] {
         lanes.push(vec![
             one(backend, library, false, &[]),
