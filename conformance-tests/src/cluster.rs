@@ -65,9 +65,8 @@ impl Cluster {
     /// The etcd cluster: `DISTLOCK_ETCD_CLUSTER_ENDPOINTS` (comma-separated
     /// URLs), by default the three members `scripts/services` starts.
     pub fn etcd() -> Self {
-        let endpoints = std::env::var("DISTLOCK_ETCD_CLUSTER_ENDPOINTS").unwrap_or_else(|_| {
-            "http://127.0.0.1:22379,http://127.0.0.1:22479,http://127.0.0.1:22579".to_owned()
-        });
+        let endpoints = std::env::var("DISTLOCK_ETCD_CLUSTER_ENDPOINTS")
+            .unwrap_or_else(|_| "http://127.0.0.1:22379,http://127.0.0.1:22479,http://127.0.0.1:22579".to_owned());
         Self::named(Service::Etcd, "e", endpoints.split(',').map(|e| (e.to_owned(), None)))
     }
 

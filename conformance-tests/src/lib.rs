@@ -16,11 +16,11 @@
 //! starting it, so a missing service fails the suite instead of passing it.
 
 pub mod cases;
+pub mod cluster;
 #[cfg(feature = "consul")]
 pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
-pub mod cluster;
 pub mod failover;
 pub mod file;
 mod harness;

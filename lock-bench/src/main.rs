@@ -4,12 +4,14 @@
 //! ```text
 //! cargo run --release -p lock-bench -- --backend mem --backend etcd
 //! cargo run --release -p lock-bench -- --smoke
+//! cargo run --release -p lock-bench -- --peers   # against Curator, kazoo, python-etcd3, python-consul, etcdctl, consul
 //! ```
 
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod election;
+mod peers;
 mod readers;
 mod scenarios;
 mod stats;
@@ -46,6 +48,15 @@ pub struct Options {
     /// A tiny run that only checks every scenario still works.
     #[arg(long)]
     smoke: bool,
+    /// Compare distlock with other projects' lock clients on the same
+    /// servers (installs them through `scripts/services install peers`).
+    #[arg(long)]
+    peers: bool,
+    /// Rounds of the peer comparison: each runs every scenario on every
+    /// side in turn, `--iterations` split over them; `--duration` is each
+    /// round's contended run.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -60,6 +71,10 @@ async fn main() -> ExitCode {
         options.duration = Duration::from_millis(500);
         options.locks = 200;
         options.hold = Duration::from_secs(1);
+        options.rounds = 1;
+    }
+    if options.peers {
+        return peers::run(&options).await;
     }
     if options.backends.is_empty() {
         options.backends = vec!["mem".into(), "file".into(), "etcd".into(), "zk".into(), "consul".into()];

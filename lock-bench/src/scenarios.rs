@@ -33,34 +33,8 @@ pub async fn latency(target: &Target, options: &Options) -> Outcome {
     let ratio = |d: Duration| d.as_secs_f64() / raw_p50.as_secs_f64();
     let name = target.name();
     let ns = namespace();
-    let locks = target.client().await.map_err(fail)?;
-    let mut uncontended = Samples::default();
-    for _ in 0..options.iterations {
-        let started = Instant::now();
-        let guard = locks.lock(format!("{ns}uncontended")).acquire().await.map_err(fail)?;
-        guard.release().await.map_err(fail)?;
-        uncontended.push(started.elapsed());
-    }
-    let waiter = target.client().await.map_err(fail)?;
-    let mut handoff = Samples::default();
-    for _ in 0..options.iterations.min(200) {
-        let key = format!("{ns}handoff");
-        let guard = locks.lock(&key).acquire().await.map_err(fail)?;
-        let waiting = {
-            let (waiter, key) = (waiter.clone(), key.clone());
-            tokio::spawn(async move {
-                let guard = waiter.lock(&key).acquire().await;
-                (Instant::now(), guard)
-            })
-        };
-        // Let the waiter's request reach the service before the release.
-        sleep(Duration::from_millis(10)).await;
-        let released = Instant::now();
-        guard.release().await.map_err(fail)?;
-        let (granted, guard) = waiting.await.map_err(fail)?;
-        guard.map_err(fail)?.release().await.map_err(fail)?;
-        handoff.push(granted - released);
-    }
+    let uncontended = uncontended(target, &format!("{ns}uncontended"), options.iterations).await?;
+    let handoff = handoff(target, &format!("{ns}handoff"), options.iterations.min(200)).await?;
     let (u50, u99, h50, h99) = (
         uncontended.percentile(50.0),
         uncontended.percentile(99.0),
@@ -82,36 +56,152 @@ pub async fn latency(target: &Target, options: &Options) -> Outcome {
     ])
 }
 
+/// `count` uncontended acquire+release of `key` by one new client.
+pub async fn uncontended(target: &Target, key: &str, count: usize) -> Result<Samples, String> {
+    let locks = target.client().await.map_err(fail)?;
+    let mut samples = Samples::default();
+    for _ in 0..count {
+        let started = Instant::now();
+        let guard = locks.lock(key).acquire().await.map_err(fail)?;
+        guard.release().await.map_err(fail)?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `count` hand-offs of `key` between two new clients: a waiter blocked on
+/// the held key, timed from the holder's release call until the waiter holds
+/// the lock.
+pub async fn handoff(target: &Target, key: &str, count: usize) -> Result<Samples, String> {
+    let holder = target.client().await.map_err(fail)?;
+    let waiter = target.client().await.map_err(fail)?;
+    let mut samples = Samples::default();
+    for _ in 0..count {
+        let guard = holder.lock(key).acquire().await.map_err(fail)?;
+        let waiting = {
+            let (waiter, key) = (waiter.clone(), key.to_owned());
+            tokio::spawn(async move {
+                let guard = waiter.lock(&key).acquire().await;
+                (Instant::now(), guard)
+            })
+        };
+        // Let the waiter's request reach the service before the release.
+        sleep(Duration::from_millis(10)).await;
+        let released = Instant::now();
+        guard.release().await.map_err(fail)?;
+        let (granted, guard) = waiting.await.map_err(fail)?;
+        guard.map_err(fail)?.release().await.map_err(fail)?;
+        samples.push(granted - released);
+    }
+    Ok(samples)
+}
+
 /// 4: `clients` clients on one key; grants per second and overlaps seen.
 pub async fn contention(target: &Target, options: &Options, clients: usize) -> Outcome {
     let key = format!("{}contended", namespace());
-    let (grants, overlaps, inside) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
-    let until = Instant::now() + options.duration;
-    let mut workers = JoinSet::new();
+    let contended = contend(target, &key, clients, options.duration).await?;
+    let scenario = format!("4 contention x{clients}");
+    if contended.overlaps > 0 {
+        return Err(format!("{scenario}: {} overlapping holders", contended.overlaps));
+    }
+    let rate = contended.grants as f64 / options.duration.as_secs_f64();
+    Ok(vec![Row::new(target.name(), &scenario).value("grants_per_s", rate).value("overlaps", 0.0)])
+}
+
+/// What clients contending for one key achieved.
+#[derive(Debug, Default)]
+pub struct Contended {
+    /// Grants made before the deadline.
+    pub grants: u64,
+    /// The same, per client.
+    pub per_client: Vec<u64>,
+    /// Grants made while another client held the key.
+    pub overlaps: u64,
+    /// Acquires that waited [`LONG_WAIT`] or more, granted or not.
+    pub long_waits: u64,
+    /// Acquires that failed (timed out, or an error).
+    pub failures: u64,
+    /// The first failure's message.
+    pub first_failure: Option<String>,
+}
+
+/// A contended acquire that waits this long is counted: with a grant every
+/// few milliseconds, only a waiter that missed its wake-up waits so long.
+pub const LONG_WAIT: Duration = Duration::from_secs(2);
+
+/// `clients` new clients, connected before the clock starts, acquire and
+/// release `key` for `duration`, each acquire waiting up to 10 s but at most
+/// until 2 s after the end (grants then no longer count). A shared counter
+/// checks that no two ever hold it at once.
+pub async fn contend(target: &Target, key: &str, clients: usize, duration: Duration) -> Result<Contended, String> {
+    let (overlaps, long_waits, failures, inside) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let locks = target.client().await.map_err(fail)?;
-        let (key, grants, overlaps, inside) = (key.clone(), grants.clone(), overlaps.clone(), inside.clone());
+        connected.push(target.client().await.map_err(fail)?);
+    }
+    let until = Instant::now() + duration;
+    let mut workers = JoinSet::new();
+    for locks in connected {
+        let (key, overlaps, long_waits, failures, inside, first_failure) = (
+            key.to_owned(),
+            overlaps.clone(),
+            long_waits.clone(),
+            failures.clone(),
+            inside.clone(),
+            first_failure.clone(),
+        );
         workers.spawn(async move {
-            while Instant::now() < until {
-                let Ok(guard) = locks.lock(&key).wait(Duration::from_secs(10)).acquire().await else { continue };
+            let mut grants = 0_u64;
+            loop {
+                let asked = Instant::now();
+                if asked >= until {
+                    break grants;
+                }
+                let wait = Duration::from_secs(10).min(until + Duration::from_secs(2) - asked);
+                let acquired = locks.lock(&key).wait(wait).acquire().await;
+                if asked.elapsed() >= LONG_WAIT {
+                    long_waits.fetch_add(1, Ordering::SeqCst);
+                }
+                let guard = match acquired {
+                    Ok(guard) => guard,
+                    Err(error) => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut first) = first_failure.lock() {
+                            first.get_or_insert_with(|| error.to_string());
+                        }
+                        continue;
+                    }
+                };
                 if inside.fetch_add(1, Ordering::SeqCst) != 0 {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }
-                grants.fetch_add(1, Ordering::SeqCst);
+                if Instant::now() < until {
+                    grants += 1;
+                }
                 inside.fetch_sub(1, Ordering::SeqCst);
                 let _ = guard.release().await;
             }
         });
     }
-    while workers.join_next().await.is_some() {}
-    let rate = grants.load(Ordering::SeqCst) as f64 / options.duration.as_secs_f64();
-    let scenario = format!("4 contention x{clients}");
-    let overlaps = overlaps.load(Ordering::SeqCst);
-    if overlaps > 0 {
-        return Err(format!("{scenario}: {overlaps} overlapping holders"));
+    let mut per_client = Vec::with_capacity(clients);
+    while let Some(joined) = workers.join_next().await {
+        per_client.push(joined.map_err(fail)?);
     }
-    Ok(vec![Row::new(target.name(), &scenario).value("grants_per_s", rate).value("overlaps", 0.0)])
+    let first_failure = first_failure.lock().ok().and_then(|mut first| first.take());
+    Ok(Contended {
+        grants: per_client.iter().sum(),
+        per_client,
+        overlaps: overlaps.load(Ordering::SeqCst),
+        long_waits: long_waits.load(Ordering::SeqCst),
+        failures: failures.load(Ordering::SeqCst),
+        first_failure,
+    })
 }
 
 /// 5: 64 keys, one client each; grants per second in all.

@@ -12,6 +12,26 @@ impl Samples {
         self.0.push(latency);
     }
 
+    /// Records every latency of `other`.
+    pub fn extend(&mut self, other: &Self) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    /// How many latencies there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// How many are `limit` or more.
+    pub fn at_least(&self, limit: Duration) -> usize {
+        self.0.iter().filter(|&&latency| latency >= limit).count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `p`-th percentile (0..=100), nearest rank.
     pub fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.0.clone();

@@ -76,6 +76,23 @@ impl Target {
         }
     }
 
+    /// The server's `host:port` (the first one of a cluster), for other
+    /// clients of the same server; none for the memory and file backends.
+    pub fn address(&self) -> Option<String> {
+        let strip = |url: &str| url.trim_start_matches("http://").trim_start_matches("https://").to_owned();
+        match self {
+            Self::Memory(_) | Self::File(_) => None,
+            #[cfg(feature = "etcd")]
+            Self::Etcd { endpoints, .. } => endpoints.first().map(|endpoint| strip(endpoint)),
+            #[cfg(feature = "zk")]
+            Self::Zk { hosts, .. } => {
+                hosts.split(',').next().map(|host| host.split('/').next().unwrap_or(host).to_owned())
+            }
+            #[cfg(feature = "consul")]
+            Self::Consul { address, .. } => Some(strip(address)),
+        }
+    }
+
     /// A new independent client.
     pub async fn client(&self) -> Result<Locks, LockError> {
         match self {

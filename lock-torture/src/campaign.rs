@@ -96,7 +96,10 @@ struct Worker {
 /// What a worker is: a process (with its proxy, for a single server), or a
 /// task of the campaign (the memory backend).
 enum Body {
-    Process { child: Child, proxy: Option<StallProxy> },
+    Process {
+        child: Child,
+        proxy: Option<StallProxy>,
+    },
     /// `None` once killed or stopped.
     Task(Option<TaskWorker>),
 }

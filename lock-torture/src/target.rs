@@ -144,12 +144,9 @@ impl Target {
                 .get(worker % cluster.members.len().max(1))
                 .map(|m| m.client.trim_start_matches("http://").to_owned())
                 .unwrap_or_default(),
-            (Some(cluster), _) => cluster
-                .members
-                .iter()
-                .map(|m| m.client.trim_start_matches("http://"))
-                .collect::<Vec<_>>()
-                .join(","),
+            (Some(cluster), _) => {
+                cluster.members.iter().map(|m| m.client.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
+            }
             (None, proxy) => proxy.map(|p| p.address().to_string()).unwrap_or_default(),
         };
         match self.backend.as_str() {
