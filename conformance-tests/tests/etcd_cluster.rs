@@ -23,6 +23,11 @@ use tokio::time::{Instant, sleep};
 const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 const WORKERS: usize = 4;
 
+/// The tests of this file kill members of the one cluster: they take turns
+/// (the test harness runs a file's tests side by side), or two kills at once
+/// would take the cluster's quorum.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(endpoints: &[String]) -> EtcdConfig {
     EtcdConfig::new(endpoints.iter().cloned())
         .namespace(NAMESPACE)
@@ -33,6 +38,7 @@ fn config(endpoints: &[String]) -> EtcdConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_while_held_keeps_exclusion_and_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::etcd();
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.client.clone()).collect();
     // The last resort should the member not come back: restart the cluster.
@@ -118,6 +124,7 @@ const RESTART_LIMIT: Duration = Duration::from_secs(60);
 /// chance to hit them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_follower_does_not_cost_a_holder_its_lock() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::etcd();
     // The last resort should a member not come back: restart the cluster.
     let _repair = failover::ClusterRepair::new("etcd");
@@ -137,6 +144,7 @@ async fn a_killed_follower_does_not_cost_a_holder_its_lock() {
 /// the clients must go on through them as soon as they have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_does_not_cost_a_holder_its_lock() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::etcd();
     let _repair = failover::ClusterRepair::new("etcd");
     let leader = whole(&cluster).await;

@@ -65,12 +65,18 @@ impl Attempt {
         let (client, dir, prefix) =
             (self.session.client.clone(), self.dir.clone(), format!("{}/{}", self.dir, self.name));
         self.state = State::Creating(tokio::spawn(async move {
-            match create_in(&client, &dir, &prefix, &data, acls, protected).await {
-                Err(Error::NoNode) => {
-                    make_directories(&client, &dir, acls).await?;
-                    create_in(&client, &dir, &prefix, &data, acls, protected).await
+            // The directory may be missing, or reaped (an empty container
+            // that had a child) between the requests: made again each time
+            // (bounded; a refused create left nothing behind).
+            let mut tries = 0;
+            loop {
+                match create_in(&client, &dir, &prefix, &data, acls, protected).await {
+                    Err(Error::NoNode) if tries < DIRECTORY_TRIES => {
+                        tries += 1;
+                        make_directories(&client, &dir, acls).await?;
+                    }
+                    created => return created,
                 }
-                created => created,
             }
         }));
         let State::Creating(creating) = &mut self.state else {
@@ -185,19 +191,35 @@ async fn create_in(
 /// are its own, so no client without them can create or delete nodes in
 /// them (ZooKeeper checks both on the parent, whatever the node's own ACL).
 /// Directories that exist keep the ACL they have.
+///
+/// An ancestor found there may be reaped before its child is made (an
+/// empty container that has had a child): then it starts again from the
+/// root, at most [`DIRECTORY_TRIES`] times.
 async fn make_directories(client: &Client, dir: &str, acls: Acls<'static>) -> Result<(), Error> {
     let options = CreateMode::Container.with_acls(acls);
-    let mut path = String::new();
-    for part in dir.trim_start_matches('/').split('/') {
-        path.push('/');
-        path.push_str(part);
-        match client.create(&path, &[], &options).await {
-            Ok(_) | Err(Error::NodeExists) => {}
-            Err(error) => return Err(error),
+    let mut tries = 0;
+    'from_the_root: loop {
+        let mut path = String::new();
+        for part in dir.trim_start_matches('/').split('/') {
+            path.push('/');
+            path.push_str(part);
+            match client.create(&path, &[], &options).await {
+                Ok(_) | Err(Error::NodeExists) => {}
+                Err(Error::NoNode) if tries < DIRECTORY_TRIES => {
+                    tries += 1;
+                    continue 'from_the_root;
+                }
+                Err(error) => return Err(error),
+            }
         }
+        return Ok(());
     }
-    Ok(())
 }
+
+/// How often a contender's create, or the making of its directories, starts
+/// again after ZooKeeper reaped a directory under it. A fresh container is
+/// not reaped before its first child, so each try meets a reap of its own.
+const DIRECTORY_TRIES: u32 = 8;
 
 /// Whether `error` is the server's answer to a request it did not apply
 /// (or the end of the session, which takes its nodes along), rather than a
