@@ -247,7 +247,7 @@ async fn expiry_slack(target: &Target) -> Result<Duration, String> {
 async fn exec_ready(target: &Target, probe_key: &str) -> Result<PathBuf, String> {
     let distlock = crate::distlock_binary::locate().await?;
     let proxy = target.proxy().await?;
-    crate::distlock_binary::probe(&distlock, &target.url(proxy.as_ref(), 0), probe_key, target.ttl()).await?;
+    probe(&distlock, &target.url(proxy.as_ref(), 0), probe_key, target.ttl()).await?;
     Ok(distlock)
 }
 
@@ -515,6 +515,30 @@ async fn leftovers(target: &Target, prefix: &str, limit: Duration) -> usize {
         }
         sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Runs `distlock exec -- true` once on `key`, so that a `distlock` that
+/// cannot work against the backend stops the campaign with its own message
+/// rather than showing as workers that never hold a lock.
+///
+/// # Errors
+/// When it does not exit 0.
+async fn probe(distlock: &Path, url: &str, key: &str, ttl: std::time::Duration) -> Result<(), String> {
+    let ttl = humantime::format_duration(ttl).to_string();
+    let output = Command::new(distlock)
+        .args(["exec", "--backend", url, "--key", key, "--ttl", &ttl, "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", distlock.display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "`distlock exec` does not run against {url} ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    ))
 }
 
 #[cfg(test)]

@@ -1,14 +1,21 @@
-//! The `distlock` binary exec mode runs: the workspace's own (lock-cli),
-//! found next to this executable, since cargo builds both into the same
-//! directory. Under `cargo run` (which sets `CARGO`), the campaign first
-//! builds it with that cargo and this executable's profile, so that it is
-//! neither missing on a fresh checkout nor older than its sources; run
-//! directly, it must have been built already.
+//! The workspace's own `distlock` binary (lock-cli), which lock-torture's
+//! exec mode and lock-bench's per-command comparison run: found next to this
+//! executable, since cargo builds both into the same directory. Under `cargo
+//! run` (which sets `CARGO`), it is first built with that cargo and this
+//! executable's profile, so that it is neither missing on a fresh checkout
+//! nor older than its sources; run directly, it must have been built
+//! already.
+//!
+//! One file for both programs: lock-bench includes it with `#[path]`, and
+//! `CARGO_PKG_NAME` names whichever package compiled it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::Command;
+
+/// The package this file is compiled into: `lock-torture` or `lock-bench`.
+const PACKAGE: &str = env!("CARGO_PKG_NAME");
 
 /// The workspace's manifest.
 fn workspace_manifest() -> PathBuf {
@@ -17,7 +24,7 @@ fn workspace_manifest() -> PathBuf {
 }
 
 /// The `distlock` binary to run, built first when running under cargo;
-/// once per process, however many campaigns ask at once.
+/// once per process, however many callers ask at once.
 ///
 /// # Errors
 /// When it cannot be built, or is not there.
@@ -27,16 +34,16 @@ pub async fn locate() -> Result<PathBuf, String> {
 }
 
 async fn locate_once() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the campaign's executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find {PACKAGE}'s executable: {e}"))?;
     let distlock = exe.with_file_name("distlock");
     if let Some(cargo) = std::env::var_os("CARGO") {
         build(&cargo, &exe).await?;
     }
     if !distlock.is_file() {
         return Err(format!(
-            "exec mode runs {}, which is not there: build it with the campaign's profile and target \
-             directory (`cargo build --release -p lock-torture -p lock-cli` for a release campaign), or start \
-             the campaign with `cargo run`, which builds it",
+            "{PACKAGE} runs {}, which is not there: build it with {PACKAGE}'s profile and target directory \
+             (`cargo build --release -p {PACKAGE} -p lock-cli` for a release run), or start {PACKAGE} with \
+             `cargo run`, which builds it",
             distlock.display()
         ));
     }
@@ -44,9 +51,9 @@ async fn locate_once() -> Result<PathBuf, String> {
 }
 
 /// `cargo build --bin distlock` with the profile `exe` was built with (the
-/// name of its directory: `debug` is the `dev` profile). With lock-torture
-/// selected too, cargo resolves the features `cargo run -p lock-torture`
-/// did, so distlock reuses the campaign's dependency builds.
+/// name of its directory: `debug` is the `dev` profile). With this package
+/// selected too, cargo resolves the features `cargo run -p PACKAGE`
+/// did, so distlock reuses its dependency builds.
 async fn build(cargo: &std::ffi::OsStr, exe: &Path) -> Result<(), String> {
     let directory = exe.parent().and_then(Path::file_name).and_then(|name| name.to_str()).unwrap_or("debug");
     let profile = if directory == "debug" { "dev" } else { directory };
@@ -68,34 +75,10 @@ async fn build(cargo: &std::ffi::OsStr, exe: &Path) -> Result<(), String> {
     let status = command
         .args(["build", "--quiet", "--profile", profile, "--manifest-path"])
         .arg(workspace_manifest())
-        .args(["-p", "lock-torture", "-p", "lock-cli", "--bin", "distlock"])
+        .args(["-p", PACKAGE, "-p", "lock-cli", "--bin", "distlock"])
         .stdin(Stdio::null())
         .status()
         .await
         .map_err(|e| format!("cannot run cargo to build distlock: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("building distlock (lock-cli) failed: {status}")) }
-}
-
-/// Runs `distlock exec -- true` once on `key`, so that a `distlock` that
-/// cannot work against the backend stops the campaign with its own message
-/// rather than showing as workers that never hold a lock.
-///
-/// # Errors
-/// When it does not exit 0.
-pub async fn probe(distlock: &Path, url: &str, key: &str, ttl: std::time::Duration) -> Result<(), String> {
-    let ttl = humantime::format_duration(ttl).to_string();
-    let output = Command::new(distlock)
-        .args(["exec", "--backend", url, "--key", key, "--ttl", &ttl, "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", distlock.display()))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "`distlock exec` does not run against {url} ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    ))
 }

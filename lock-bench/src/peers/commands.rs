@@ -123,53 +123,16 @@ async fn time_command(command: &[String]) -> Result<Duration, String> {
     Err(format!("`{}` failed ({}): {}", command.join(" "), output.status, stderr.lines().next().unwrap_or("")))
 }
 
-/// The workspace's `distlock` binary (lock-cli), next to this executable:
-/// under `cargo run` (which sets `CARGO`) built first with this executable's
-/// profile, so it is neither missing nor older than its sources (as
-/// lock-torture's exec mode does); run directly, it must have been built.
-pub async fn distlock_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find lock-bench's executable: {e}"))?;
-    let distlock = exe.with_file_name("distlock");
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        build(&cargo, &exe).await?;
-    }
-    if distlock.is_file() {
-        return Ok(distlock);
-    }
-    Err(format!(
-        "{} is not there: build it with lock-bench's profile (`cargo build --release -p lock-bench -p lock-cli` for a \
-         release run), or start lock-bench with `cargo run`, which builds it",
-        distlock.display()
-    ))
-}
+/// The workspace's `distlock` binary, built first under `cargo run`: one
+/// file with lock-torture's exec mode, which needs the same.
+#[path = "../../../lock-torture/src/distlock_binary.rs"]
+mod shared_distlock_binary;
 
-/// `cargo build --bin distlock` with the profile `exe` was built with (the
-/// name of its directory: `debug` is the `dev` profile). With lock-bench
-/// selected too, cargo resolves the features `cargo run -p lock-bench` did,
-/// so distlock reuses lock-bench's dependency builds.
-async fn build(cargo: &std::ffi::OsStr, exe: &Path) -> Result<(), String> {
-    let directory = exe.parent().and_then(Path::file_name).and_then(|name| name.to_str()).unwrap_or("debug");
-    let profile = if directory == "debug" { "dev" } else { directory };
-    let mut command = Command::new(cargo);
-    // What `cargo run` set for this program only: a build script that
-    // watches one of them would see it changed and rebuild.
-    for (name, _) in std::env::vars_os() {
-        let set_by_cargo_run = name.to_str().is_some_and(|name| {
-            name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_MANIFEST_")
-                || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&name)
-        });
-        if set_by_cargo_run {
-            command.env_remove(name);
-        }
-    }
-    let status = command
-        .args(["build", "--quiet", "--profile", profile, "--manifest-path"])
-        .arg(super::setup::repo_root().join("Cargo.toml"))
-        .args(["-p", "lock-bench", "-p", "lock-cli", "--bin", "distlock"])
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .map_err(|e| format!("cannot run cargo to build distlock: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("building distlock (lock-cli) failed: {status}")) }
+/// The workspace's `distlock` binary (lock-cli), next to this executable:
+/// under `cargo run` built first with this executable's profile.
+///
+/// # Errors
+/// When it cannot be built, or is not there.
+pub async fn distlock_binary() -> Result<PathBuf, String> {
+    shared_distlock_binary::locate().await
 }
