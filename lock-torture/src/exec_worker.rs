@@ -32,33 +32,9 @@ const DISTLOCK_FATAL: [i32; 4] = [2, 78, 126, 127];
 /// (started by the campaign).
 #[derive(Debug, Args)]
 pub struct ExecWorkerArgs {
-    /// The worker's name in the history.
-    #[arg(long)]
-    pub name: String,
-    /// Which incarnation of the worker this process is (0 for the first,
-    /// one more for each replacement of a killed one): its writes carry
-    /// `{name}#{incarnation}`, so the checker tells a dead incarnation's
-    /// writes from its successor's.
-    #[arg(long, default_value_t = 0)]
-    pub incarnation: usize,
-    /// The backend URL (through this worker's proxy, where there is one).
-    #[arg(long)]
-    pub url: String,
-    /// The keys to contend on.
-    #[arg(long, value_delimiter = ',')]
-    pub keys: Vec<String>,
-    /// The register's address.
-    #[arg(long)]
-    pub register: String,
-    /// The history file to append to (the guarded commands append to it too).
-    #[arg(long)]
-    pub history: PathBuf,
-    /// The lock TTL.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-    /// The worker's seed, for its choice of keys and holding lengths.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// What every worker process is told.
+    #[command(flatten)]
+    pub worker: crate::worker::WorkerIdentity,
     /// The `distlock` binary to run.
     #[arg(long)]
     pub distlock: PathBuf,
@@ -75,7 +51,7 @@ fn most_writes(ttl: Duration) -> usize {
 }
 
 /// Runs until SIGTERM (the campaign ends workers with SIGTERM, then SIGKILL).
-pub async fn run(args: ExecWorkerArgs) -> u8 {
+pub async fn run(ExecWorkerArgs { worker: args, distlock, log }: ExecWorkerArgs) -> u8 {
     let Ok(mut history) = Recorder::open(&args.history, &args.name) else { return 1 };
     history.record(Kind::Started { pid: std::process::id() });
     let Ok(body) = std::env::current_exe() else { return 1 };
@@ -85,11 +61,11 @@ pub async fn run(args: ExecWorkerArgs) -> u8 {
     loop {
         let key = args.keys[random.below(args.keys.len())].clone();
         let writes = 1 + random.below(most_writes(args.ttl));
-        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&args.log) {
+        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
             Ok(log) => Stdio::from(log),
             Err(_) => Stdio::null(),
         };
-        let mut command = Command::new(&args.distlock);
+        let mut command = Command::new(&distlock);
         command
             .args(["exec", "--backend", &args.url, "--key", &key, "--ttl", &ttl, "--"])
             .arg(&body)
@@ -104,7 +80,7 @@ pub async fn run(args: ExecWorkerArgs) -> u8 {
         let child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                let error = format!("cannot run {}: {error}", args.distlock.display());
+                let error = format!("cannot run {}: {error}", distlock.display());
                 history.record(Kind::AcquireFailed { key, error });
                 return 1;
             }

@@ -13,6 +13,18 @@ use crate::register::{WriteRequest, Writer};
 /// `lock-torture worker`: one contending process (started by the campaign).
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    /// What every worker process is told.
+    #[command(flatten)]
+    pub worker: WorkerIdentity,
+    /// Writes per holding.
+    #[arg(long, default_value_t = 5)]
+    pub writes: u32,
+}
+
+/// What the campaign tells every worker process, of either mode: who it is,
+/// where the lock, the register and its history are.
+#[derive(Debug, Args)]
+pub struct WorkerIdentity {
     /// The worker's name in the history.
     #[arg(long)]
     pub name: String,
@@ -31,22 +43,21 @@ pub struct WorkerArgs {
     /// The register's address.
     #[arg(long)]
     pub register: String,
-    /// The history file to append to.
+    /// The history file to append to (in exec mode the guarded commands
+    /// append to it too).
     #[arg(long)]
     pub history: PathBuf,
     /// The lock TTL.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Duration,
-    /// Writes per holding.
-    #[arg(long, default_value_t = 5)]
-    pub writes: u32,
-    /// The worker's seed, for its choice of keys.
+    /// The worker's seed, for its choice of keys (and in exec mode of
+    /// holding lengths).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
 /// Runs until killed (the campaign ends workers with SIGTERM, then SIGKILL).
-pub async fn run(args: WorkerArgs) -> u8 {
+pub async fn run(WorkerArgs { worker: args, writes }: WorkerArgs) -> u8 {
     let Ok(mut history) = Recorder::open(&args.history, &args.name) else { return 1 };
     history.record(Kind::Started { pid: std::process::id() });
     let locks = match distlock::connect_with_ttl(&args.url, args.ttl).await {
@@ -61,7 +72,7 @@ pub async fn run(args: WorkerArgs) -> u8 {
     let holder = Holder {
         name: writer_id(&args.name, args.incarnation),
         keys: args.keys,
-        writes: args.writes,
+        writes,
         ttl: None,
         random: crate::nemesis::Random::new(args.seed),
         history,
