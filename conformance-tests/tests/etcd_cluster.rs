@@ -245,8 +245,7 @@ async fn kill_while_held(cluster: &Cluster, victim: usize, leader: bool) {
     // out before then is rightly given up by the guard's clock (seen in CI:
     // elected 1.02 s after the kill, proof out at 1.57 s, lost). Any other
     // loss is the client's doing.
-    let election_outlasted_the_lock =
-        costs.elected.is_some_and(|elected| elected + SHORT_TTL / 3 >= costs.remaining);
+    let election_outlasted_the_lock = costs.elected.is_some_and(|elected| elected + SHORT_TTL / 3 >= costs.remaining);
     assert!(
         costs.lost.is_none() || election_outlasted_the_lock,
         "{role} {name} killed: the holder lost its lock: {costs:?}"
