@@ -10,6 +10,7 @@ use conformance_tests::zk::{BASE, CuratorProgram, JVM_LIMIT, ZkHarness, millis_n
 use conformance_tests::{Harness, Namespace};
 use lock_core::{LockError, LockGuard, LockKey, LockMode, Locks};
 use tokio::time::{Instant, sleep};
+use zookeeper_client::{Acls, CreateMode};
 
 /// How long a distlock waiter waits at most.
 const WAIT: Duration = Duration::from_secs(30);
@@ -154,6 +155,24 @@ async fn await_nodes(h: &ZkHarness, ns: &Namespace, expected: usize, limit: Dura
     }
 }
 
+/// Replaces the directory of `key`'s semaphore mutex nodes (`{dir}/locks`)
+/// by a fresh container that never had a child. ZooKeeper reaps a container
+/// emptied of its children (every 100 ms on the test service), so the
+/// holder's directory may be gone by the time an attempt creates its mutex
+/// node there: that create would be refused, reach nothing, and a test of
+/// its lost reply would prove nothing. A container that never had a child
+/// is not reaped.
+async fn fresh_mutex_directory(h: &ZkHarness, key: &LockKey) {
+    let admin = h.admin().await;
+    let dir = format!("{}/locks", lock_zk::lock_path(BASE, key));
+    // Gone already if the reaper came first.
+    let _ = admin.delete(&dir, None).await;
+    let options = CreateMode::Container.with_acls(Acls::anyone_all());
+    if let Err(error) = admin.create(&dir, &[], &options).await {
+        panic!("could not make a fresh {dir}: {error}");
+    }
+}
+
 /// An attempt whose mutex node's create goes unanswered, and a waiting
 /// attempt (its mutex node and lease node in place) cancelled while no
 /// reply gets through, leave neither node behind once the client is back.
@@ -166,6 +185,7 @@ async fn semaphore_attempts_lost_with_their_replies_leave_nothing() {
     let held = take(&holder.locks, &key, 1).await;
     await_nodes(&h, &ns, 1, WAIT, "the holder's lease").await;
 
+    fresh_mutex_directory(&h, &key).await;
     client.control.lose_replies().await;
     let attempt = client.locks.semaphore(key.as_str(), 1).try_acquire().await;
     assert!(attempt.is_err(), "an attempt whose replies were held back succeeded: {attempt:?}");
