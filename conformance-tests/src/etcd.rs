@@ -121,17 +121,36 @@ impl EtcdHarness {
     }
 }
 
-/// The `etcdctl` installed by `scripts/services install etcd`, or the one
-/// `DISTLOCK_ETCDCTL` names.
+/// The etcd program `name` (`etcd` or `etcdctl`) the tests run: from the
+/// directory `DISTLOCK_ETCD_BIN_DIR` names (another etcd version, as
+/// `scripts/services install etcd@3.4` installs it), else the default one
+/// `scripts/services install etcd` installs.
+///
+/// # Panics
+/// When there is none.
+pub fn etcd_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("DISTLOCK_ETCD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::services_dir().join("bin"))
+        .join(name);
+    assert!(path.exists(), "no {name} at {}: run `scripts/services install etcd`", path.display());
+    path
+}
+
+/// The `etcdctl` the interop tests run: the one `DISTLOCK_ETCDCTL` names,
+/// else [`etcd_binary`]`("etcdctl")`.
 ///
 /// # Panics
 /// When there is none.
 pub fn etcdctl() -> PathBuf {
-    let path = std::env::var_os("DISTLOCK_ETCDCTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::services_dir().join("bin/etcdctl"));
-    assert!(path.exists(), "no etcdctl at {}: run `scripts/services install etcd`", path.display());
-    path
+    match std::env::var_os("DISTLOCK_ETCDCTL") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(path.exists(), "no etcdctl at {} (DISTLOCK_ETCDCTL)", path.display());
+            path
+        }
+        None => etcd_binary("etcdctl"),
+    }
 }
 
 /// Starts an etcd of the test's own on free loopback ports (plain HTTP), for
@@ -142,8 +161,7 @@ pub fn etcdctl() -> PathBuf {
 /// When etcd is not installed or cannot be started.
 pub fn start_private_etcd(name: &str) -> (crate::process::PrivateServer, String) {
     use crate::process::{PrivateServer, free_port};
-    let binary = crate::services_dir().join("bin/etcd");
-    assert!(binary.exists(), "no etcd at {}: run `scripts/services install etcd`", binary.display());
+    let binary = etcd_binary("etcd");
     let (port, peer) = (free_port(), free_port());
     let dir = PrivateServer::scratch_dir(name);
     let client_url = format!("http://127.0.0.1:{port}");

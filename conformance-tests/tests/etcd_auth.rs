@@ -18,9 +18,7 @@ struct PrivateEtcd {
 }
 
 fn tool(name: &str) -> std::path::PathBuf {
-    let path = conformance_tests::services_dir().join("bin").join(name);
-    assert!(path.exists(), "no {name} at {}: run `scripts/services install etcd`", path.display());
-    path
+    conformance_tests::etcd::etcd_binary(name)
 }
 
 fn start_etcd() -> PrivateEtcd {

@@ -15,8 +15,7 @@ struct PrivateEtcd {
 }
 
 fn start_etcd() -> PrivateEtcd {
-    let binary = conformance_tests::services_dir().join("bin/etcd");
-    assert!(binary.exists(), "no etcd at {}: run `scripts/services install etcd`", binary.display());
+    let binary = conformance_tests::etcd::etcd_binary("etcd");
     let (port, peer) = (free_port(), free_port());
     let dir = PrivateServer::scratch_dir("etcd-tls");
     conformance_tests::pki::make_test_pki(&dir);
