@@ -12,6 +12,7 @@ use conformance_tests::process::NativeCommand;
 use conformance_tests::zk::{BASE, ZkHarness, curator_command};
 use conformance_tests::{Harness, Namespace, cases};
 use lock_core::{LockError, LockKey};
+use lock_zk::ZkConfig;
 use tokio::time::{Instant, sleep, timeout};
 use zookeeper_client::{Acls, CreateMode};
 
@@ -400,5 +401,59 @@ async fn acquires_survive_their_directories_being_reaped_at_any_moment() {
         "{} of the cycles failed ({deleted} directories reaped): {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
+    );
+}
+
+/// ZooKeeper (3.5 and later) answers a create with the new node's stat,
+/// whose `czxid` is the token, so a lock free at once needs no read; a reply
+/// without a stat (a plain create, as servers before 3.5 answer every one)
+/// makes the grant read the node instead. Either way the token is the node's
+/// `czxid`: for `try_acquire`, for an `acquire` granted at once and for one
+/// granted after a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_the_nodes_czxid_with_or_without_the_creates_stat() {
+    let h = harness();
+    let ns = Namespace::new();
+    let (plain, _) = h.client_with(ZkConfig::plain_creates_for_tests).await;
+    let (current, other) = (h.client().await, h.client().await);
+    for (path, client) in [("create2", &current), ("plain create", &plain)] {
+        let key = ns.key(path);
+        let guard = client.locks.lock(key.as_str()).try_acquire().await;
+        let guard = guard.ok().flatten().unwrap_or_else(|| panic!("{path}: try_acquire of a free key failed"));
+        assert_token_is_czxid(&h, &key, &guard, "try_acquire").await;
+        let _ = guard.release().await;
+
+        let guard = client.locks.lock(key.as_str()).acquire().await;
+        let guard = guard.unwrap_or_else(|e| panic!("{path}: acquire of a free key: {e}"));
+        assert_token_is_czxid(&h, &key, &guard, "acquire at once").await;
+        let _ = guard.release().await;
+
+        let held = other.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+        let held = held.unwrap_or_else(|| panic!("{path}: the other client could not take the key"));
+        let (locks, waiting_key) = (client.locks.clone(), key.clone());
+        let waiting =
+            tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
+        await_contenders(&h, &key, 2, Duration::from_secs(10), "the waiter's node").await;
+        let _ = held.release().await;
+        let guard = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let guard = guard.unwrap_or_else(|e| panic!("{path}: acquire after a wait: {e}"));
+        assert_token_is_czxid(&h, &key, &guard, "acquire after a wait").await;
+        let _ = guard.release().await;
+    }
+}
+
+/// `guard`'s token is the `czxid` of `key`'s one contender node.
+async fn assert_token_is_czxid(h: &ZkHarness, key: &LockKey, guard: &lock_core::LockGuard, how: &str) {
+    let nodes = h.contenders(key).await;
+    assert_eq!(nodes.len(), 1, "{how} on {key}: expected the holder's node alone, found {nodes:?}");
+    let stat = h.admin().await.check_stat(&nodes[0]).await;
+    let czxid = match stat {
+        Ok(Some(stat)) => stat.czxid,
+        other => panic!("{how} on {key}: cannot read {}: {other:?}", nodes[0]),
+    };
+    assert_eq!(
+        guard.token().get(),
+        u64::try_from(czxid).unwrap_or_default(),
+        "{how} on {key}: token is not the node's czxid"
     );
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lock_core::{LockError, LockKey};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
-use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission};
+use tokio::time::{Instant, timeout};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission, Stat};
 
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
@@ -33,10 +33,29 @@ enum State {
     Done,
 }
 
-/// A node the create made, with its directory's ACL when it was asked for.
+/// A node the create made, with its directory's ACL and listing when they
+/// were asked for.
 struct Created {
     path: String,
+    stat: Stat,
     directory_acl: Option<Result<Vec<Acl>, Error>>,
+    listing: Option<Result<Vec<String>, Error>>,
+}
+
+/// Our node, as the create's reply told it.
+pub(crate) struct CreatedNode {
+    /// Its path.
+    pub(crate) path: String,
+    /// Its `czxid` (the token) from the create's own stat; `None` when the
+    /// reply carried no stat (a plain `create`, as servers before 3.5 answer
+    /// it), and the node must be read for it.
+    pub(crate) czxid: Option<i64>,
+    /// When the create was sent: a proof of the session's liveness taken
+    /// from the create's reply starts here.
+    pub(crate) sent: Instant,
+    /// The directory's children, listed right behind the create (answered in
+    /// order, so our node is among them), when asked for and answered.
+    pub(crate) listing: Option<Vec<String>>,
 }
 
 impl Attempt {
@@ -48,7 +67,8 @@ impl Attempt {
     }
 
     /// Creates the node (and any missing lock directory and base path, as
-    /// container nodes) with `acls`, and returns its path.
+    /// container nodes) with `acls`, and returns it; with `list`, the
+    /// directory is listed in the same round trip.
     ///
     /// With `protected` (an authenticated client, whose `acls` keep others
     /// out), the lock directory must not let clients without credentials
@@ -60,17 +80,19 @@ impl Attempt {
         data: Vec<u8>,
         acls: Acls<'static>,
         protected: bool,
+        list: bool,
         limit: Duration,
-    ) -> Result<String, LockError> {
+    ) -> Result<CreatedNode, LockError> {
         let (client, dir, prefix) =
             (self.session.client.clone(), self.dir.clone(), format!("{}/{}", self.dir, self.name));
+        let sent = Instant::now();
         self.state = State::Creating(tokio::spawn(async move {
             // The directory may be missing, or reaped (an empty container
             // that had a child) between the requests: made again each time
             // (bounded; a refused create left nothing behind).
             let mut tries = 0;
             loop {
-                match create_in(&client, &dir, &prefix, &data, acls, protected).await {
+                match create_in(&client, &dir, &prefix, &data, acls, (protected, list)).await {
                     Err(Error::NoNode) if tries < DIRECTORY_TRIES => {
                         tries += 1;
                         make_directories(&client, &dir, acls).await?;
@@ -91,7 +113,7 @@ impl Attempt {
             // Still in flight: dropping us deletes whatever it creates.
             Err(_) => return Err(error::timed_out(Some(key), "create lock node", limit)),
         };
-        let Created { path, directory_acl } = match created {
+        let Created { path, stat, directory_acl, listing } = match created {
             Ok(created) => created,
             Err(failure) => {
                 // Refused by the server: nothing was created. Otherwise the
@@ -111,7 +133,11 @@ impl Attempt {
             }
             // Unknown: dropping us deletes the node.
             Some(Err(failure)) => Err(error::map(Some(key), failure)),
-            Some(Ok(_)) | None => Ok(path),
+            Some(Ok(_)) | None => {
+                let czxid = (!stat.is_invalid()).then_some(stat.czxid);
+                // A listing that failed is made again by the caller.
+                Ok(CreatedNode { path, czxid, sent, listing: listing.and_then(Result::ok) })
+            }
         }
     }
 
@@ -161,8 +187,8 @@ impl Drop for Attempt {
 }
 
 /// Creates our node under `prefix` in `dir`; with `check_directory`, also
-/// reads the directory's ACL, sent right behind the create so it costs no
-/// round trip of its own. ZooKeeper answers a session's requests in order,
+/// reads the directory's ACL, and with `list`, lists the directory, both sent
+/// right behind the create so they cost no round trip of their own. ZooKeeper answers a session's requests in order,
 /// so the ACL read is the directory's with our node in it, and a directory
 /// that holds a node cannot be reaped and made again by anyone else: the ACL
 /// stays what was read for as long as our node lives, unless changed by an
@@ -173,17 +199,22 @@ async fn create_in(
     prefix: &str,
     data: &[u8],
     acls: Acls<'static>,
-    check_directory: bool,
+    (check_directory, list): (bool, bool),
 ) -> Result<Created, Error> {
     let options = CreateMode::EphemeralSequential.with_acls(acls);
     let created = client.create(prefix, data, &options);
     let reading = check_directory.then(|| client.get_acl(dir));
-    let (_, sequence) = created.await?;
+    let listing = list.then(|| client.list_children(dir));
+    let (stat, sequence) = created.await?;
     let directory_acl = match reading {
         Some(reading) => Some(reading.await.map(|(acl, _)| acl)),
         None => None,
     };
-    Ok(Created { path: format!("{prefix}{sequence}"), directory_acl })
+    let listing = match listing {
+        Some(listing) => Some(listing.await),
+        None => None,
+    };
+    Ok(Created { path: format!("{prefix}{sequence}"), stat, directory_acl, listing })
 }
 
 /// Creates `dir` and its missing ancestors as container nodes with `acls`,

@@ -30,6 +30,7 @@ pub struct ZkConfig {
     session_timeout: Duration,
     timeouts: ClientTimeouts,
     digest: Option<(String, String)>,
+    plain_creates: bool,
 }
 
 impl ZkConfig {
@@ -43,12 +44,27 @@ impl ZkConfig {
             session_timeout: Duration::from_secs(15),
             timeouts: ClientTimeouts::DEFAULT,
             digest: None,
+            plain_creates: false,
         }
     }
 
     /// Hosts from `DISTLOCK_ZK_HOSTS`, else `127.0.0.1:2181`.
     pub fn from_env() -> Self {
         Self::new(std::env::var(HOSTS_ENV).unwrap_or_else(|_| DEFAULT_HOSTS.to_owned()))
+    }
+
+    /// Makes the client send plain `create` requests, whose replies carry no
+    /// stat, as a server before 3.5 answers every create: the token then
+    /// comes from a read of the node. For tests of that path on a newer
+    /// server; every supported server (3.5 and later) answers `create2`.
+    #[doc(hidden)]
+    pub fn plain_creates_for_tests(mut self) -> Self {
+        self.plain_creates = true;
+        self
+    }
+
+    pub(crate) fn plain_creates_value(&self) -> bool {
+        self.plain_creates
     }
 
     /// The path under which lock directories live (default `/distlock`).

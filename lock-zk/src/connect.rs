@@ -22,6 +22,10 @@ pub(crate) async fn connect(config: &ZkConfig, key: Option<&LockKey>) -> Result<
     if let Some((user, password)) = config.digest_value() {
         connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
     }
+    if config.plain_creates_value() {
+        // The client sends `create2` only to servers it takes for 3.5 or later.
+        connector = connector.with_server_version(3, 4, 14);
+    }
     let limit = config.connect_timeout_value() + config.request_timeout_value();
     let client = match timeout(limit, connector.connect(hosts)).await {
         Ok(Ok(client)) => client,

@@ -38,41 +38,63 @@ pub(crate) fn token(czxid: i64) -> FencingToken {
     FencingToken::new(u64::try_from(czxid).unwrap_or_default())
 }
 
+/// What a grant knows of its node: its `czxid` (the token), and since when
+/// the session is proven alive.
+pub(crate) enum Proof {
+    /// The node read, with its loss watch set, by a request sent at the
+    /// instant given.
+    Read(NodeRead, Instant),
+    /// The create's own reply: the node was made at `czxid` by a request sent
+    /// at `sent`. The loss watch is set by the lease's monitor, whose first
+    /// look also catches a node deleted in between.
+    Created { czxid: i64, sent: Instant },
+}
+
 /// Turns the granted node at `path` into a lease held in `mode` by `owner`,
-/// with `read`: the node's stat (the token) and its loss watch, from one
-/// request. `sent`: when that request was sent.
+/// with `proof` of its token and of the session's liveness.
 pub(crate) fn lease(
     key: &LockKey,
     owner: &str,
     mode: LockMode,
     session: Arc<Session>,
     path: String,
-    (read, sent): (NodeRead, Instant),
+    proof: Proof,
 ) -> Result<Lease, LockError> {
-    let (Some(stat), watcher) = read else { return Err(LockError::lost(BACKEND, key, LostReason::Revoked)) };
+    let (czxid, watcher, sent) = match proof {
+        Proof::Read((Some(stat), watcher), sent) => (stat.czxid, Some(watcher), sent),
+        Proof::Read((None, _), _) => return Err(LockError::lost(BACKEND, key, LostReason::Revoked)),
+        Proof::Created { czxid, sent } => (czxid, None, sent),
+    };
     let loss = LossSignal::new();
     let stop = CancellationToken::new();
     tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
-    debug!(%key, %mode, path, czxid = stat.czxid, "granted");
+    debug!(%key, %mode, path, czxid, "granted");
     let ttl = session.ttl();
-    let grant = ZkGrant { path, czxid: stat.czxid, session, stop_monitor: stop };
-    let lease = Lease::new(key.clone(), token(stat.czxid), owner.to_owned(), ttl, sent, loss, Arc::new(grant));
+    let grant = ZkGrant { path, czxid, session, stop_monitor: stop };
+    let lease = Lease::new(key.clone(), token(czxid), owner.to_owned(), ttl, sent, loss, Arc::new(grant));
     Ok(lease.with_mode(mode))
 }
 
-/// Reports the held lock lost when its node is deleted or its session ends.
+/// Reports the held lock lost when its node is deleted or its session ends;
+/// `first`: the node's loss watch, when the grant already set it.
 async fn monitor(
     session: Arc<Session>,
     path: String,
-    first: OneshotWatcher,
+    first: Option<OneshotWatcher>,
     loss: LossSignal,
     stop: CancellationToken,
 ) {
-    let mut next = Some(first);
+    let mut next = first;
     loop {
         let watched = match next.take() {
             Some(watcher) => Ok((true, watcher)),
-            None => session.client.check_and_watch_stat(&path).await.map(|(stat, watcher)| (stat.is_some(), watcher)),
+            // Released meanwhile: the release stops us before it deletes
+            // the node, so a node found gone after that is no loss.
+            None => tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                read = session.client.check_and_watch_stat(&path) => read.map(|(stat, watcher)| (stat.is_some(), watcher)),
+            },
         };
         let watcher = match watched {
             Ok((true, watcher)) => watcher,
@@ -87,6 +109,7 @@ async fn monitor(
             }
         };
         tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             _ = loss.fired() => return,
             _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),

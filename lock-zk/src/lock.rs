@@ -13,10 +13,10 @@ use tokio::time::Instant;
 use tracing::debug;
 use zookeeper_client::{Acls, Stat};
 
-use crate::attempt::Attempt;
+use crate::attempt::{Attempt, CreatedNode};
 use crate::cleanup::{self, Leftover};
 use crate::client::Session;
-use crate::grant::{self, grant_of};
+use crate::grant::{self, Proof, grant_of};
 use crate::layout::{NodeKind, SEMAPHORE_LEASES, lock_path};
 use crate::queue::Queue;
 use crate::semaphore::{self, Wait};
@@ -133,23 +133,23 @@ impl ZkLock {
     }
 
     /// Takes the session and creates our contender node named by `marker`
-    /// in `dir`, with `data`. A session that ZooKeeper already expired (while
-    /// we were cut off, before the client noticed) is ended and the create
-    /// retried once on a new session.
+    /// in `dir`, with `data`, listing `dir` in the same round trip. A session
+    /// that ZooKeeper already expired (while we were cut off, before the
+    /// client noticed) is ended and the create retried once on a new session.
     pub(crate) async fn enter(
         &self,
         key: &LockKey,
         dir: String,
         marker: &str,
         data: &[u8],
-    ) -> Result<(Arc<Session>, Attempt, String), LockError> {
+    ) -> Result<(Arc<Session>, Attempt, CreatedNode), LockError> {
         let mut retried = false;
         loop {
             let session = self.session(Some(key)).await?;
             let mut attempt = Attempt::new(Arc::clone(&session), dir.clone(), marker);
             let (acls, protected, limit) = (self.acls(), self.authenticated(), self.config.request_timeout_value());
-            match attempt.create(key, data.to_vec(), acls, protected, limit).await {
-                Ok(path) => return Ok((session, attempt, path)),
+            match attempt.create(key, data.to_vec(), acls, protected, true, limit).await {
+                Ok(node) => return Ok((session, attempt, node)),
                 Err(LockError::Lost { .. }) if !retried => {
                     debug!(%key, "the session had expired; opening a new one");
                     session.ended().fire(LostReason::SessionEnded);
@@ -160,6 +160,14 @@ impl ZkLock {
             }
         }
     }
+}
+
+/// Reads our node at `path` and sets its loss watch: the token when the
+/// create's reply had none, and proof that the node outlived a wait.
+async fn read_node(session: &Session, key: &LockKey, path: &str) -> Result<Proof, LockError> {
+    let sent = Instant::now();
+    let read = session.call(key, "read lock node", session.client.check_and_watch_stat(path)).await?;
+    Ok(Proof::Read(read, sent))
 }
 
 /// The node kind `options` ask for.
@@ -224,27 +232,21 @@ impl DistributedLock for ZkLock {
         let kind = kind_of(options)?;
         let dir = lock_path(self.config.base_path_value(), key);
         let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
-        let (session, mut attempt, path) = self.enter(key, dir, kind.marker(), &data).await?;
-        // Sent before the queue is listed and answered in the same round
-        // trip: when the lock is free at once, the grant needs no request of
-        // its own.
-        let reader = Arc::clone(&session);
-        let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
-        match wait_for_turn(&session, key, (&attempt.dir, node_name(&path)), deadline, started).await {
+        let (session, mut attempt, node) = self.enter(key, dir, kind.marker(), &data).await?;
+        let (path, listed) = (node.path.clone(), node.listing.clone());
+        match wait_for_turn(&session, key, (&attempt.dir, node_name(&path)), deadline, started, listed).await {
             Ok(waited) => {
-                let read = match waited {
-                    Waited::AtOnce => (session.call(key, "read lock node", early_read).await?, sent),
-                    // Read again after a wait: it also proves our node
-                    // outlived the wait.
-                    Waited::AfterWaiting => {
-                        drop(early_read);
-                        let sent = Instant::now();
-                        (session.call(key, "read lock node", session.client.check_and_watch_stat(&path)).await?, sent)
-                    }
+                let proof = match (waited, node.czxid) {
+                    // Free at the listing sent with the create: the create's
+                    // reply is the token and the proof, no request of its own.
+                    (Waited::AtOnce, Some(czxid)) => Proof::Created { czxid, sent: node.sent },
+                    // After a wait (or without the create's stat), read our
+                    // node: also proof that it outlived the wait.
+                    _ => read_node(&session, key, &path).await?,
                 };
                 // Disarmed only once the lease exists: dropped during the
                 // grant's read, the attempt still deletes its node.
-                let lease = grant::lease(key, options.owner_value(), kind.mode(), session, path, read)?;
+                let lease = grant::lease(key, options.owner_value(), kind.mode(), session, path, proof)?;
                 attempt.disarm();
                 Ok(lease)
             }
@@ -267,19 +269,21 @@ impl DistributedLock for ZkLock {
         let kind = kind_of(options)?;
         let dir = lock_path(self.config.base_path_value(), key);
         let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
-        let (session, mut attempt, path) = self.enter(key, dir, kind.marker(), &data).await?;
-        // Both requests in one round trip, as in `acquire`.
-        let reader = Arc::clone(&session);
-        let (sent, early_read) = (Instant::now(), reader.client.check_and_watch_stat(&path));
-        let children = session.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?;
+        let (session, mut attempt, node) = self.enter(key, dir, kind.marker(), &data).await?;
+        let children = match &node.listing {
+            Some(children) => children.clone(),
+            None => session.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?,
+        };
         let queue = Queue::seen_by(&session, &attempt.dir, &children);
-        if queue.position(node_name(&path)).is_some_and(|position| queue.blocker(position).is_none()) {
-            let read = (session.call(key, "read lock node", early_read).await?, sent);
-            let lease = grant::lease(key, options.owner_value(), kind.mode(), session, path, read)?;
+        if queue.position(node_name(&node.path)).is_some_and(|position| queue.blocker(position).is_none()) {
+            let proof = match node.czxid {
+                Some(czxid) => Proof::Created { czxid, sent: node.sent },
+                None => read_node(&session, key, &node.path).await?,
+            };
+            let lease = grant::lease(key, options.owner_value(), kind.mode(), session, node.path, proof)?;
             attempt.disarm();
             return Ok(Some(lease));
         }
-        drop(early_read);
         attempt.withdraw(self.config.request_timeout_value()).await;
         Ok(None)
     }

@@ -57,9 +57,9 @@ use tokio::time::Instant;
 use tracing::debug;
 use zookeeper_client::Error;
 
-use crate::attempt::Attempt;
+use crate::attempt::{Attempt, CreatedNode};
 use crate::client::Session;
-use crate::grant::{self, NodeRead};
+use crate::grant::{self, Proof};
 use crate::layout::{LEASE_MARKER, NodeKind, SEMAPHORE_LEASES, SEMAPHORE_LOCKS, lease_sequence, lock_path};
 use crate::lock::{ZkLock, is, node_name};
 use crate::queue::Queue;
@@ -139,12 +139,13 @@ pub(crate) async fn acquire(
     loop {
         // 1. The mutex that serialises counting.
         let locks_dir = format!("{dir}/{SEMAPHORE_LOCKS}");
-        let (session, mut mutex, mutex_path) = lock.enter(key, locks_dir, NodeKind::Mutex.marker(), &owner).await?;
+        let (session, mut mutex, created) = lock.enter(key, locks_dir, NodeKind::Mutex.marker(), &owner).await?;
+        let mutex_path = created.path;
         let ours = match wait {
-            Wait::Once => first_in_line(&session, key, &mutex.dir, node_name(&mutex_path)).await,
+            Wait::Once => first_in_line(&session, key, &mutex.dir, node_name(&mutex_path), created.listing).await,
             Wait::Until(deadline) => {
                 let node = (mutex.dir.as_str(), node_name(&mutex_path));
-                wait_for_turn(&session, key, node, deadline, started).await.map(|_| true)
+                wait_for_turn(&session, key, node, deadline, started, created.listing).await.map(|_| true)
             }
         };
         match ours {
@@ -167,9 +168,9 @@ pub(crate) async fn acquire(
         let leases_dir = format!("{dir}/{SEMAPHORE_LEASES}");
         let mut lease = Attempt::new(Arc::clone(&session), leases_dir.clone(), LEASE_MARKER);
         let data = LeaseData::encode(limit, options.owner_value(), options.value_value());
-        let created = lease.create(key, data, lock.acls(), lock.authenticated(), request_limit).await;
+        let created = lease.create(key, data, lock.acls(), lock.authenticated(), false, request_limit).await;
         let counted = match created {
-            Ok(lease_path) => {
+            Ok(CreatedNode { path: lease_path, .. }) => {
                 let count = Count { session: &session, key, limit, leases_dir: &leases_dir, started };
                 count.run(&lease_path, &mutex_path, wait).await.map(|counted| (counted, lease_path))
             }
@@ -210,8 +211,17 @@ pub(crate) async fn acquire(
 }
 
 /// One look at the mutex queue: whether our node `name` in `dir` is first.
-async fn first_in_line(session: &Session, key: &LockKey, dir: &str, name: &str) -> Result<bool, LockError> {
-    let children = session.call(key, "list the semaphore's mutex", session.client.list_children(dir)).await?;
+async fn first_in_line(
+    session: &Session,
+    key: &LockKey,
+    dir: &str,
+    name: &str,
+    listed: Option<Vec<String>>,
+) -> Result<bool, LockError> {
+    let children = match listed {
+        Some(children) => children,
+        None => session.call(key, "list the semaphore's mutex", session.client.list_children(dir)).await?,
+    };
     let queue = Queue::seen_by(session, dir, &children);
     Ok(queue.position(name).is_some_and(|position| queue.blocker(position).is_none()))
 }
@@ -219,7 +229,7 @@ async fn first_in_line(session: &Session, key: &LockKey, dir: &str, name: &str) 
 /// What counting the leases found.
 enum Counted {
     /// Ours: the lease node's stat and loss watch, read after the count.
-    Granted((NodeRead, Instant)),
+    Granted(Proof),
     /// More than `limit` leases, and no waiting.
     Full,
     /// Our mutex node was deleted from outside while we counted: the grant
@@ -326,7 +336,7 @@ impl Count<'_> {
         let mutex = session.client.check_stat(mutex_path);
         let own = session.call(key, "read the lease node", own).await?;
         match session.call(key, "read the semaphore's mutex node", mutex).await? {
-            Some(_) => Ok(Counted::Granted((own, sent))),
+            Some(_) => Ok(Counted::Granted(Proof::Read(own, sent))),
             None => Ok(Counted::MutexLost),
         }
     }

@@ -30,7 +30,8 @@ enum Turn {
 
 /// Waits until our node `name` in `dir` holds `key` (see
 /// [`reader_writer`](crate::reader_writer) for who waits on whom), or the
-/// deadline passes, or the session ends.
+/// deadline passes, or the session ends. `listed`: the directory's children
+/// as listed right behind our create, for the first look.
 ///
 /// Cancel safe: it only reads and watches; the caller's
 /// [`Attempt`](crate::attempt::Attempt) owns the node.
@@ -40,10 +41,11 @@ pub(crate) async fn wait_for_turn(
     (dir, name): (&str, &str),
     deadline: Option<Instant>,
     started: Instant,
+    mut listed: Option<Vec<String>>,
 ) -> Result<Waited, LockError> {
     let mut waited = Waited::AtOnce;
     loop {
-        match turn(session, key, (dir, name), deadline, started).await {
+        match turn(session, key, (dir, name), listed.take(), (deadline, started)).await {
             // Disconnected, but the session may live on (Curator's
             // SUSPENDED): keep waiting until it is known ended or the
             // deadline passes.
@@ -63,15 +65,19 @@ pub(crate) async fn wait_for_turn(
     }
 }
 
-/// One look at the queue: ours, or wait for the node in the way to change.
+/// One look at the queue (`listed`, or listed now): ours, or wait for the
+/// node in the way to change.
 async fn turn(
     session: &Session,
     key: &LockKey,
     (dir, name): (&str, &str),
-    deadline: Option<Instant>,
-    started: Instant,
+    listed: Option<Vec<String>>,
+    (deadline, started): (Option<Instant>, Instant),
 ) -> Result<Turn, LockError> {
-    let children = session.call(key, "list contenders", session.client.list_children(dir)).await?;
+    let children = match listed {
+        Some(children) => children,
+        None => session.call(key, "list contenders", session.client.list_children(dir)).await?,
+    };
     let queue = Queue::seen_by(session, dir, &children);
     let Some(position) = queue.position(name) else {
         let reason = if session.ended().is_fired() { LostReason::SessionEnded } else { LostReason::Revoked };
