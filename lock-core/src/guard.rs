@@ -2,6 +2,7 @@
 //! loss, releases on request or on drop.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +83,13 @@ struct Shared {
     /// When the last renewal that the service confirmed was sent.
     confirmed_sent: Mutex<Instant>,
     stop: CancellationToken,
+    /// Set by a release before it looks at `talking`, and read by the
+    /// watchdog after it sets `talking`: of a release and a watchdog about
+    /// to talk to the service, at least one sees the other (both `SeqCst`).
+    releasing: AtomicBool,
+    /// The watchdog is renewing, or freeing an expired lease: a release
+    /// waits for it to stop rather than talk to the service beside it.
+    talking: AtomicBool,
     holding: Arc<Holding>,
 }
 
@@ -103,6 +111,8 @@ impl LockGuard {
             lease,
             margin,
             stop: CancellationToken::new(),
+            releasing: AtomicBool::new(false),
+            talking: AtomicBool::new(false),
             holding,
         });
         let span = lock_span!("distlock.guard", shared);
@@ -230,10 +240,18 @@ impl LockGuard {
 
     async fn release_now(&mut self) -> Result<(), LockError> {
         let shared = Arc::clone(&self.shared);
+        shared.releasing.store(true, Ordering::SeqCst);
         shared.stop.cancel();
         if let Some(watchdog) = self.watchdog.take() {
-            // Never renew and release at the same time.
-            let _ = watchdog.await;
+            // Never renew and release at the same time: a watchdog talking
+            // to the service is waited for (it stops at once); one that is
+            // not will not start, and is stopped without a round of task
+            // wake-ups on every release.
+            if shared.talking.load(Ordering::SeqCst) {
+                let _ = watchdog.await;
+            } else {
+                watchdog.abort();
+            }
         }
         shared.check_deadline();
         shared.holding.releasing();
@@ -259,6 +277,13 @@ impl LockGuard {
 }
 
 impl Shared {
+    /// Marks the watchdog as talking to the service, unless a release has
+    /// begun (then it must not).
+    fn start_talking(&self) -> bool {
+        self.talking.store(true, Ordering::SeqCst);
+        !self.releasing.load(Ordering::SeqCst)
+    }
+
     fn confirmed_sent(&self) -> Instant {
         *self.confirmed_sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -339,6 +364,9 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
             if let Some(LostReason::NotConfirmed { .. }) = shared.lease.loss_signal().reason() {
                 // Free what the service may still hold for us, so waiters need
                 // not wait for the TTL; release only ever removes our own grant.
+                if !shared.start_talking() {
+                    return;
+                }
                 let span = lock_span!("distlock.release", shared);
                 tokio::select! {
                     () = shared.stop.cancelled() => {}
@@ -346,6 +374,7 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
                         span.record("outcome", outcome(&released));
                     }
                 }
+                shared.talking.store(false, Ordering::SeqCst);
             }
             return;
         }
@@ -356,10 +385,14 @@ async fn watch(shared: Arc<Shared>, auto_renew: bool) {
             () = sleep_until(shared.proven_until()) => {}
             () = sleep_until(next_renewal), if auto_renew => {
                 let before = shared.confirmed_sent();
+                if !shared.start_talking() {
+                    return;
+                }
                 let renewed = tokio::select! {
                     () = shared.stop.cancelled() => return,
                     renewed = shared.renew_once() => renewed,
                 };
+                shared.talking.store(false, Ordering::SeqCst);
                 match renewed {
                     // A backend answering from a shared keep-alive may have no
                     // newer proof yet: ask again shortly rather than spin.

@@ -122,3 +122,102 @@ async fn a_grant_that_can_no_longer_be_proven_held_is_not_handed_out() {
     assert!(matches!(tried, Err(lock_core::LockError::Lost { .. })), "{tried:?}");
     assert_eq!(backend.released.load(std::sync::atomic::Ordering::Relaxed), 2, "the stale grants were not given back");
 }
+
+/// The reference backend, with renewals that take 300 ms and a record of
+/// whether a release ever met one still in flight.
+#[derive(Debug)]
+struct SlowRenewals {
+    inner: MemoryLock,
+    renewing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    renewals_started: std::sync::atomic::AtomicUsize,
+    releases_during_renewal: std::sync::atomic::AtomicUsize,
+}
+
+/// Clears the in-flight mark however the renewal ends (answered or dropped).
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl lock_core::DistributedLock for SlowRenewals {
+    fn backend(&self) -> &'static str {
+        "slow-renewals"
+    }
+
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn acquire(
+        &self,
+        key: &lock_core::LockKey,
+        options: &lock_core::LockOptions,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<lock_core::Lease, lock_core::LockError> {
+        self.inner.acquire(key, options, deadline).await
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &lock_core::LockKey,
+        options: &lock_core::LockOptions,
+    ) -> Result<Option<lock_core::Lease>, lock_core::LockError> {
+        self.inner.try_acquire(key, options).await
+    }
+
+    async fn renew(&self, lease: &lock_core::Lease) -> Result<tokio::time::Instant, lock_core::LockError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.renewing.store(true, SeqCst);
+        let _in_flight = InFlight(std::sync::Arc::clone(&self.renewing));
+        self.renewals_started.fetch_add(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.inner.renew(lease).await
+    }
+
+    async fn release(&self, lease: &lock_core::Lease) -> Result<(), lock_core::LockError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.renewing.load(SeqCst) {
+            self.releases_during_renewal.fetch_add(1, SeqCst);
+        }
+        self.inner.release(lease).await
+    }
+
+    async fn inspect(&self, key: &lock_core::LockKey) -> Result<Option<lock_core::LockInfo>, lock_core::LockError> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// A release never talks to the service while the guard's own renewal is
+/// still in flight: the renewal is stopped first. (Releases that meet no
+/// renewal skip that wait; this is the case where it matters.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_never_overlaps_the_guards_own_renewal() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let backend = std::sync::Arc::new(SlowRenewals {
+        inner: MemoryLock::new(),
+        renewing: std::sync::Arc::default(),
+        renewals_started: std::sync::atomic::AtomicUsize::new(0),
+        releases_during_renewal: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let locks = Locks::from_backend(std::sync::Arc::clone(&backend) as _);
+    for round in 0..20 {
+        // Renewed every TTL / 3 = 100 ms; each renewal takes 300 ms.
+        let started_before = backend.renewals_started.load(SeqCst);
+        let guard = locks.lock(format!("renewing-{round}")).ttl(Duration::from_millis(300)).acquire().await;
+        let guard = guard.unwrap_or_else(|e| panic!("acquire: {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while backend.renewals_started.load(SeqCst) == started_before {
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: no renewal started within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Released while the renewal is in flight (the lock may be lost by
+        // now: the renewal is slower than the TTL; that is fine here).
+        let _ = guard.release().await;
+    }
+    let overlaps = backend.releases_during_renewal.load(SeqCst);
+    assert_eq!(overlaps, 0, "{overlaps} of 20 releases talked to the service beside a renewal");
+}
