@@ -188,8 +188,9 @@ impl Drop for Attempt {
 
 /// Creates our node under `prefix` in `dir`; with `check_directory`, also
 /// reads the directory's ACL, and with `list`, lists the directory, both sent
-/// right behind the create so they cost no round trip of their own. ZooKeeper answers a session's requests in order,
-/// so the ACL read is the directory's with our node in it, and a directory
+/// right behind the create so they cost no round trip of their own.
+/// ZooKeeper answers a session's requests in order, so the listing holds our
+/// node, and the ACL read is the directory's with our node in it, and a directory
 /// that holds a node cannot be reaped and made again by anyone else: the ACL
 /// stays what was read for as long as our node lives, unless changed by an
 /// identity with ADMIN on it.

@@ -60,15 +60,15 @@ pub(crate) fn lease(
     path: String,
     proof: Proof,
 ) -> Result<Lease, LockError> {
-    let (czxid, watcher, sent) = match proof {
-        Proof::Read((Some(stat), watcher), sent) => (stat.czxid, Some(watcher), sent),
+    let (czxid, watcher, sent, proven_by) = match proof {
+        Proof::Read((Some(stat), watcher), sent) => (stat.czxid, Some(watcher), sent, "read"),
         Proof::Read((None, _), _) => return Err(LockError::lost(BACKEND, key, LostReason::Revoked)),
-        Proof::Created { czxid, sent } => (czxid, None, sent),
+        Proof::Created { czxid, sent } => (czxid, None, sent, "create"),
     };
     let loss = LossSignal::new();
     let stop = CancellationToken::new();
     tokio::spawn(monitor(Arc::clone(&session), path.clone(), watcher, loss.clone(), stop.clone()));
-    debug!(%key, %mode, path, czxid, "granted");
+    debug!(%key, %mode, path, czxid, proven_by, "granted");
     let ttl = session.ttl();
     let grant = ZkGrant { path, czxid, session, stop_monitor: stop };
     let lease = Lease::new(key.clone(), token(czxid), owner.to_owned(), ttl, sent, loss, Arc::new(grant));
@@ -89,11 +89,15 @@ async fn monitor(
         let watched = match next.take() {
             Some(watcher) => Ok((true, watcher)),
             // Released meanwhile: the release stops us before it deletes
-            // the node, so a node found gone after that is no loss.
+            // the node, so a node found gone after that is no loss. The
+            // request is sent only when its future is first polled (the
+            // client sends on the call), never after the stop.
             None => tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                read = session.client.check_and_watch_stat(&path) => read.map(|(stat, watcher)| (stat.is_some(), watcher)),
+                read = async { session.client.check_and_watch_stat(&path).await } => {
+                    read.map(|(stat, watcher)| (stat.is_some(), watcher))
+                }
             },
         };
         let watcher = match watched {
@@ -102,6 +106,7 @@ async fn monitor(
             Err(_) => {
                 // Session trouble: the session watcher or the guard's clock decides.
                 tokio::select! {
+                    biased;
                     () = stop.cancelled() => return,
                     _ = session.ended().fired() => return loss.fire(LostReason::SessionEnded),
                     () = tokio::time::sleep(Duration::from_millis(200)) => continue,

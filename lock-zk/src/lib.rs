@@ -37,7 +37,9 @@
 //!   token exceeds every earlier grant's, a read grant's every earlier write
 //!   grant's.
 //! * **Safe release**: only our own node is deleted; its deletion by anyone
-//!   else is reported as loss at once through a node watch.
+//!   else is reported as loss at once through a node watch (set by the
+//!   grant's read of its node, or, for a lock free at once, one round trip
+//!   after the grant, by a look that also catches a deletion before it).
 //! * **Nothing left behind**: the node of an attempt that timed out, was
 //!   cancelled or failed, and of a release that went unanswered, is deleted
 //!   in the background, retried with backoff until ZooKeeper confirms it is
