@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{LockError, LockKey};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use zookeeper_client::{Acl, Acls, Client, CreateMode, Error, Permission, Stat};
@@ -26,20 +27,19 @@ pub(crate) struct Attempt {
 
 enum State {
     Idle,
-    Creating(JoinHandle<Result<Created, Error>>),
+    /// The create's task, which returns the node's path.
+    Creating(JoinHandle<Result<String, Error>>),
     Created(String),
     /// The create may have landed though its answer was lost.
     Unconfirmed,
     Done,
 }
 
-/// A node the create made, with its directory's ACL and listing when they
-/// were asked for.
+/// A node the create made, with its directory's ACL when it was asked for.
 struct Created {
     path: String,
     stat: Stat,
     directory_acl: Option<Result<Vec<Acl>, Error>>,
-    listing: Option<Result<Vec<String>, Error>>,
 }
 
 /// Our node, as the create's reply told it.
@@ -86,43 +86,38 @@ impl Attempt {
         let (client, dir, prefix) =
             (self.session.client.clone(), self.dir.clone(), format!("{}/{}", self.dir, self.name));
         let sent = Instant::now();
+        let (created_tx, created_rx) = oneshot::channel();
+        let (listed_tx, listed_rx) = oneshot::channel();
+        let requests = Requests { data, acls, check_directory: protected, list };
         self.state = State::Creating(tokio::spawn(async move {
-            // The directory may be missing, or reaped (an empty container
-            // that had a child) between the requests: made again each time
-            // (bounded; a refused create left nothing behind).
-            let mut tries = 0;
-            loop {
-                match create_in(&client, &dir, &prefix, &data, acls, (protected, list)).await {
-                    Err(Error::NoNode) if tries < DIRECTORY_TRIES => {
-                        tries += 1;
-                        make_directories(&client, &dir, acls).await?;
-                    }
-                    created => return created,
-                }
-            }
+            create_node(&client, &dir, &prefix, requests, (created_tx, listed_tx)).await
         }));
-        let State::Creating(creating) = &mut self.state else {
-            return Err(LockError::backend(crate::BACKEND, Some(key), "attempt state changed under us"));
-        };
-        let created = match timeout(limit, creating).await {
+        let created = match timeout(limit, created_rx).await {
             Ok(Ok(created)) => created,
-            Ok(Err(panicked)) => {
-                self.state = State::Unconfirmed;
-                return Err(LockError::backend(crate::BACKEND, Some(key), panicked));
+            // The task ended without a node: its result tells why.
+            Ok(Err(_)) => {
+                let State::Creating(creating) = std::mem::replace(&mut self.state, State::Unconfirmed) else {
+                    return Err(LockError::backend(crate::BACKEND, Some(key), "attempt state changed under us"));
+                };
+                return Err(match creating.await {
+                    Ok(Err(failure)) => {
+                        // Refused by the server: nothing was created.
+                        // Otherwise the create may have landed though its
+                        // answer was lost, and the cleanup finds our node by
+                        // its unique name.
+                        if refused(&failure) {
+                            self.state = State::Done;
+                        }
+                        error::map(Some(key), failure)
+                    }
+                    Ok(Ok(_)) => LockError::backend(crate::BACKEND, Some(key), "the create reported no node"),
+                    Err(panicked) => LockError::backend(crate::BACKEND, Some(key), panicked),
+                });
             }
             // Still in flight: dropping us deletes whatever it creates.
             Err(_) => return Err(error::timed_out(Some(key), "create lock node", limit)),
         };
-        let Created { path, stat, directory_acl, listing } = match created {
-            Ok(created) => created,
-            Err(failure) => {
-                // Refused by the server: nothing was created. Otherwise the
-                // create may have landed though its answer was lost, and the
-                // cleanup finds our node by its unique name.
-                self.state = if refused(&failure) { State::Done } else { State::Unconfirmed };
-                return Err(error::map(Some(key), failure));
-            }
-        };
+        let Created { path, stat, directory_acl } = created;
         self.state = State::Created(path.clone());
         match directory_acl {
             Some(Ok(acl)) if open_to_anyone(&acl) => {
@@ -135,8 +130,13 @@ impl Attempt {
             Some(Err(failure)) => Err(error::map(Some(key), failure)),
             Some(Ok(_)) | None => {
                 let czxid = (!stat.is_invalid()).then_some(stat.czxid);
-                // A listing that failed is made again by the caller.
-                Ok(CreatedNode { path, czxid, sent, listing: listing.and_then(Result::ok) })
+                // The listing has a timeout of its own, not the create's; one
+                // that failed or was not asked for is made by the caller.
+                let listing = match timeout(limit, listed_rx).await {
+                    Ok(Ok(Some(children))) => Some(children),
+                    _ => None,
+                };
+                Ok(CreatedNode { path, czxid, sent, listing })
             }
         }
     }
@@ -162,7 +162,7 @@ impl Attempt {
             State::Idle | State::Done => return None,
             State::Creating(creating) => Leftover::Creating(Box::pin(async move {
                 match creating.await {
-                    Ok(Ok(created)) => Some(Leftover::Node(created.path)),
+                    Ok(Ok(path)) => Some(Leftover::Node(path)),
                     Ok(Err(failure)) if refused(&failure) => None,
                     // No answer, or the task panicked: look for our name.
                     _ => Some(Leftover::Unconfirmed),
@@ -186,36 +186,64 @@ impl Drop for Attempt {
     }
 }
 
-/// Creates our node under `prefix` in `dir`; with `check_directory`, also
-/// reads the directory's ACL, and with `list`, lists the directory, both sent
-/// right behind the create so they cost no round trip of their own.
-/// ZooKeeper answers a session's requests in order, so the listing holds our
-/// node, and the ACL read is the directory's with our node in it, and a directory
-/// that holds a node cannot be reaped and made again by anyone else: the ACL
-/// stays what was read for as long as our node lives, unless changed by an
-/// identity with ADMIN on it.
-async fn create_in(
+/// What a contender node's create sends.
+struct Requests {
+    data: Vec<u8>,
+    acls: Acls<'static>,
+    /// Also read the directory's ACL.
+    check_directory: bool,
+    /// Also list the directory.
+    list: bool,
+}
+
+/// Creates our node under `prefix` in `dir` and reports it on `created` as
+/// soon as its reply (and the ACL read) is in, then the directory's listing
+/// on `listed`; returns the node's path for the attempt's clean-up.
+///
+/// With `check_directory`, the directory's ACL is read, and with `list`, the
+/// directory listed, both sent right behind the create so they cost no round
+/// trip of their own. ZooKeeper answers a session's requests in order, so
+/// the listing holds our node, and the ACL read is the directory's with our
+/// node in it; a directory that holds a node cannot be reaped and made again
+/// by anyone else, so the ACL stays what was read for as long as our node
+/// lives, unless changed by an identity with ADMIN on it.
+///
+/// The directory may be missing, or reaped (an empty container that had a
+/// child) between the requests: made again each time, at most
+/// [`DIRECTORY_TRIES`] times (a refused create left nothing behind).
+async fn create_node(
     client: &Client,
     dir: &str,
     prefix: &str,
-    data: &[u8],
-    acls: Acls<'static>,
-    (check_directory, list): (bool, bool),
-) -> Result<Created, Error> {
+    requests: Requests,
+    (created, listed): (oneshot::Sender<Created>, oneshot::Sender<Option<Vec<String>>>),
+) -> Result<String, Error> {
+    let Requests { data, acls, check_directory, list } = requests;
     let options = CreateMode::EphemeralSequential.with_acls(acls);
-    let created = client.create(prefix, data, &options);
-    let reading = check_directory.then(|| client.get_acl(dir));
-    let listing = list.then(|| client.list_children(dir));
-    let (stat, sequence) = created.await?;
-    let directory_acl = match reading {
-        Some(reading) => Some(reading.await.map(|(acl, _)| acl)),
-        None => None,
-    };
-    let listing = match listing {
-        Some(listing) => Some(listing.await),
-        None => None,
-    };
-    Ok(Created { path: format!("{prefix}{sequence}"), stat, directory_acl, listing })
+    let mut tries = 0;
+    loop {
+        let creating = client.create(prefix, &data, &options);
+        let reading = check_directory.then(|| client.get_acl(dir));
+        let listing = list.then(|| client.list_children(dir));
+        let (stat, sequence) = match creating.await {
+            Err(Error::NoNode) if tries < DIRECTORY_TRIES => {
+                tries += 1;
+                make_directories(client, dir, acls).await?;
+                continue;
+            }
+            answer => answer?,
+        };
+        let path = format!("{prefix}{sequence}");
+        let directory_acl = match reading {
+            Some(reading) => Some(reading.await.map(|(acl, _)| acl)),
+            None => None,
+        };
+        let _ = created.send(Created { path: path.clone(), stat, directory_acl });
+        if let Some(listing) = listing {
+            let _ = listed.send(listing.await.ok());
+        }
+        return Ok(path);
+    }
 }
 
 /// Creates `dir` and its missing ancestors as container nodes with `acls`,

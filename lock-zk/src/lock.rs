@@ -162,6 +162,19 @@ impl ZkLock {
     }
 }
 
+/// What proves a grant made at the first look, the listing sent with the
+/// create: the create's reply itself (its stat is the token, no request of
+/// its own), unless it had no stat or took so long to come (a quarter of the
+/// TTL: a server busy with a burst of creates) that the proof it gives, which
+/// starts when the create was sent, would leave the lease little time; then
+/// a read of the node, whose proof starts now.
+async fn first_look_proof(session: &Session, key: &LockKey, node: &CreatedNode) -> Result<Proof, LockError> {
+    match node.czxid {
+        Some(czxid) if node.sent.elapsed() < session.ttl() / 4 => Ok(Proof::Created { czxid, sent: node.sent }),
+        _ => read_node(session, key, &node.path).await,
+    }
+}
+
 /// Reads our node at `path` and sets its loss watch: the token when the
 /// create's reply had none, and proof that the node outlived a wait.
 async fn read_node(session: &Session, key: &LockKey, path: &str) -> Result<Proof, LockError> {
@@ -236,13 +249,11 @@ impl DistributedLock for ZkLock {
         let (path, listed) = (node.path.clone(), node.listing.clone());
         match wait_for_turn(&session, key, (&attempt.dir, node_name(&path)), deadline, started, listed).await {
             Ok(waited) => {
-                let proof = match (waited, node.czxid) {
-                    // Free at the listing sent with the create: the create's
-                    // reply is the token and the proof, no request of its own.
-                    (Waited::AtOnce, Some(czxid)) => Proof::Created { czxid, sent: node.sent },
-                    // After a wait (or without the create's stat), read our
-                    // node: also proof that it outlived the wait.
-                    _ => read_node(&session, key, &path).await?,
+                let proof = match waited {
+                    Waited::AtOnce => first_look_proof(&session, key, &node).await?,
+                    // After a wait, read our node: also proof that it
+                    // outlived the wait.
+                    Waited::AfterWaiting => read_node(&session, key, &path).await?,
                 };
                 // Disarmed only once the lease exists: dropped during the
                 // grant's read, the attempt still deletes its node.
@@ -276,10 +287,7 @@ impl DistributedLock for ZkLock {
         };
         let queue = Queue::seen_by(&session, &attempt.dir, &children);
         if queue.position(node_name(&node.path)).is_some_and(|position| queue.blocker(position).is_none()) {
-            let proof = match node.czxid {
-                Some(czxid) => Proof::Created { czxid, sent: node.sent },
-                None => read_node(&session, key, &node.path).await?,
-            };
+            let proof = first_look_proof(&session, key, &node).await?;
             let lease = grant::lease(key, options.owner_value(), kind.mode(), session, node.path, proof)?;
             attempt.disarm();
             return Ok(Some(lease));
