@@ -133,6 +133,10 @@ async fn only_distlock_leases_tell_their_limit() {
     let mut java = curator(&h, &key, 2, JVM_LIMIT).await;
     java.reported("held").await;
     let three = take(&client.locks, &key, 3).await;
+    // The taker's mutex node goes in the background: a try that finds it
+    // still there reports the semaphore busy (as Curator's does) before it
+    // could see the limits.
+    await_nodes(&h, &ns, 2, WAIT, "the two lease nodes alone").await;
     let conflict = other.locks.semaphore(key.as_str(), 2).try_acquire().await;
     assert!(matches!(conflict, Err(LockError::Conflict { .. })), "limit 2 beside distlock's 3: {conflict:?}");
     assert_eq!(h.leases(&key).await.len(), 2, "the refused contender left its lease node");
