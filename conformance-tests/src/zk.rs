@@ -154,6 +154,27 @@ impl ZkHarness {
         }
     }
 
+    /// Waits until `key` has exactly `expected` contender nodes, failing with
+    /// `what` after `limit`. Polls: no event tells that another client's or
+    /// process's request has reached ZooKeeper.
+    ///
+    /// # Panics
+    /// When `limit` passes first.
+    pub async fn await_contenders(&self, key: &LockKey, expected: usize, limit: Duration, what: &str) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let found = self.contenders(key).await;
+            if found.len() == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: expected {expected} contender nodes of {key} within {limit:?}, found {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The contender nodes of `key` (mutex, read and write nodes), sorted by
     /// sequence.
     pub async fn contenders(&self, key: &LockKey) -> Vec<String> {

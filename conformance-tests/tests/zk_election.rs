@@ -51,20 +51,6 @@ async fn next_leader(leaders: &mut LeaderStream) -> LockInfo {
     }
 }
 
-/// Waits until `key` has `expected` contender nodes. Polls: no event tells
-/// that another process's request has reached ZooKeeper.
-async fn await_contenders(h: &ZkHarness, key: &LockKey, expected: usize) {
-    let deadline = Instant::now() + JVM_LIMIT;
-    loop {
-        let found = h.contenders(key).await;
-        if found.len() == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "expected {expected} contender nodes of {key}, found {found:?}");
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn await_clean(h: &ZkHarness, ns: &Namespace) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while h.leftover(ns.prefix()).await != 0 {
@@ -98,7 +84,7 @@ async fn distlock_sees_and_waits_for_a_curator_leader() {
         let guard = locks.lock(waiting_key.as_str()).value("distlock-1").wait(WAIT).acquire().await;
         (guard.unwrap_or_else(|e| panic!("distlock's candidacy: {e}")), millis_now())
     });
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM_LIMIT, "the contenders").await;
     let released_at = curator.release().await;
     let (leading, led_at) = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     assert!(led_at >= released_at, "distlock led at {led_at}, before Curator gave up at {released_at}");
@@ -126,7 +112,7 @@ async fn curator_sees_and_waits_for_a_distlock_leader() {
     assert_eq!(curator_leader(&h, &key).await.as_deref(), Some("10.0.0.7:8081"));
 
     let mut curator = participant(&h, &key, "curator-2").await;
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM_LIMIT, "the contenders").await;
     let released_at = millis_now();
     release(leading).await;
     let led_at = curator.reported("leading").await;

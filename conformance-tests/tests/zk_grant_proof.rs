@@ -10,29 +10,10 @@ use std::time::Duration;
 
 use conformance_tests::zk::ZkHarness;
 use conformance_tests::{Harness, Namespace};
-use lock_core::LockKey;
 use lock_zk::ZkConfig;
-use tokio::time::{Instant, sleep};
 
 fn harness() -> ZkHarness {
     ZkHarness::from_env()
-}
-
-/// Waits until `key` has exactly `expected` contender nodes, failing with
-/// `what` after `limit`.
-async fn await_contenders(h: &ZkHarness, key: &LockKey, expected: usize, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let found = h.contenders(key).await;
-        if found.len() == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: expected {expected} contender nodes within {limit:?}, found {found:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The `granted` trace events of the ZooKeeper backend: each one's fields.
@@ -104,7 +85,7 @@ fn a_free_lock_is_granted_on_the_creates_reply_without_a_read() {
         let (locks, waiting_key) = (current.locks.clone(), key.clone());
         let waiting =
             tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
-        await_contenders(&h, &key, 2, Duration::from_secs(10), "the waiter's node").await;
+        h.await_contenders(&key, 2, Duration::from_secs(10), "the waiter's node").await;
         let _ = held.release().await;
         let guard = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let guard = guard.unwrap_or_else(|e| panic!("acquire after a wait: {e}"));

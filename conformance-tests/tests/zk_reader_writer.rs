@@ -117,20 +117,6 @@ async fn granted(waiting: tokio::task::JoinHandle<(LockGuard, u128)>) -> (LockGu
     waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// Waits until `key` has `expected` contender nodes. Polls: no event tells
-/// that another process's request has reached ZooKeeper.
-async fn await_contenders(h: &ZkHarness, key: &LockKey, expected: usize) {
-    let deadline = Instant::now() + JVM;
-    loop {
-        let found = h.contenders(key).await;
-        if found.len() == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "expected {expected} contender nodes of {key}, found {found:?}");
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until nothing is left under the namespace.
 async fn await_clean(h: &ZkHarness, ns: &Namespace) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -184,7 +170,7 @@ async fn curator_writer_excludes_distlock_readers_and_writers() {
         refused(&client.locks, &key, mode, "Curator writes it").await;
     }
     let reader = wait_for(&client.locks, &key, LockMode::Read);
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     let released_at = curator.release().await;
     let (reader, granted_at) = granted(reader).await;
     assert!(granted_at >= released_at, "distlock read at {granted_at}, before Curator released at {released_at}");
@@ -203,7 +189,7 @@ async fn distlock_writer_excludes_curator_readers_and_writers() {
     Curator::start(&h, &key, "read", Duration::ZERO).await.refused().await;
     Curator::start(&h, &key, "write", Duration::ZERO).await.refused().await;
     let mut reader = Curator::start(&h, &key, "read", JVM).await;
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     let released_at = millis_now();
     release(writer).await;
     let held_at = reader.held().await;
@@ -224,7 +210,7 @@ async fn distlock_reader_shares_with_curator_readers_and_excludes_curator_writer
     reader.release().await;
     Curator::start(&h, &key, "write", Duration::ZERO).await.refused().await;
     let mut writer = Curator::start(&h, &key, "write", JVM).await;
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     // A waiting Curator writer holds back distlock readers that come later.
     refused(&late.locks, &key, LockMode::Read, "a Curator writer waits ahead").await;
     let released_at = millis_now();
@@ -232,7 +218,7 @@ async fn distlock_reader_shares_with_curator_readers_and_excludes_curator_writer
     let held_at = writer.held().await;
     assert!(held_at >= released_at, "Curator wrote at {held_at}, before distlock released at {released_at}");
     let later = wait_for(&late.locks, &key, LockMode::Read);
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     let write_released = writer.release().await;
     let (later, granted_at) = granted(later).await;
     assert!(granted_at >= write_released, "distlock read at {granted_at}, before Curator released");
@@ -260,14 +246,14 @@ async fn mutex_and_reader_writer_exclude_each_other() {
     let reader = take(&a.locks, &key, LockMode::Read).await;
     refused(&b.locks, &key, LockMode::Exclusive, "a reader holds it").await;
     let waiting_mutex = wait_for(&b.locks, &key, LockMode::Exclusive);
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     refused(&c.locks, &key, LockMode::Read, "a mutex contender waits ahead").await;
     let read_token = reader.token();
     release(reader).await;
     let (mutex, _) = granted(waiting_mutex).await;
     assert!(mutex.token() > read_token, "mutex token {} after read token {read_token}", mutex.token());
     let waiting_reader = wait_for(&c.locks, &key, LockMode::Read);
-    await_contenders(&h, &key, 2).await;
+    h.await_contenders(&key, 2, JVM, "the contenders").await;
     let mutex_token = mutex.token();
     release(mutex).await;
     let (reader, _) = granted(waiting_reader).await;

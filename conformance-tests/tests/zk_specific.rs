@@ -70,24 +70,6 @@ async fn a_lost_create_reply_leaves_no_orphan_node() {
     }
 }
 
-/// Waits until `key` has exactly `expected` contender nodes, failing with
-/// `what` after `limit`. Polls: no event tells that a request of another
-/// client has reached ZooKeeper.
-async fn await_contenders(h: &ZkHarness, key: &LockKey, expected: usize, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let found = h.contenders(key).await;
-        if found.len() == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: expected {expected} contender nodes within {limit:?}, found {found:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_withdrawn_as_their_connection_drops_leave_no_orphan() {
     let h = harness();
@@ -114,7 +96,7 @@ async fn attempts_withdrawn_as_their_connection_drops_leave_no_orphan() {
     let key = cancelled.clone();
     let to_cancel = tokio::spawn(async move { locks.lock(key.as_str()).acquire().await });
     for key in [&timed_out, &cancelled] {
-        await_contenders(&h, key, 2, Duration::from_secs(10), "the waiter queued").await;
+        h.await_contenders(key, 2, Duration::from_secs(10), "the waiter queued").await;
     }
 
     waiter.control.cut_off().await;
@@ -433,7 +415,7 @@ async fn tokens_are_the_nodes_czxid_with_or_without_the_creates_stat() {
         let (locks, waiting_key) = (client.locks.clone(), key.clone());
         let waiting =
             tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
-        await_contenders(&h, &key, 2, Duration::from_secs(10), "the waiter's node").await;
+        h.await_contenders(&key, 2, Duration::from_secs(10), "the waiter's node").await;
         let _ = held.release().await;
         let guard = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let guard = guard.unwrap_or_else(|e| panic!("{path}: acquire after a wait: {e}"));
