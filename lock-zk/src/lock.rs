@@ -20,7 +20,7 @@ use crate::grant::{self, Proof, grant_of};
 use crate::layout::{NodeKind, SEMAPHORE_LEASES, lock_path};
 use crate::queue::Queue;
 use crate::semaphore::{self, Wait};
-use crate::wait::{Waited, wait_for_turn};
+use crate::wait::{Waited, first_in_line, wait_for_turn};
 use crate::{BACKEND, ZkConfig, election};
 
 /// A distributed lock on ZooKeeper, node for node Apache Curator's
@@ -245,8 +245,8 @@ impl DistributedLock for ZkLock {
         let kind = kind_of(options)?;
         let dir = lock_path(self.config.base_path_value(), key);
         let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
-        let (session, mut attempt, node) = self.enter(key, dir, kind.marker(), &data).await?;
-        let (path, listed) = (node.path.clone(), node.listing.clone());
+        let (session, mut attempt, mut node) = self.enter(key, dir, kind.marker(), &data).await?;
+        let (path, listed) = (node.path.clone(), node.listing.take());
         match wait_for_turn(&session, key, (&attempt.dir, node_name(&path)), deadline, started, listed).await {
             Ok(waited) => {
                 let proof = match waited {
@@ -280,13 +280,9 @@ impl DistributedLock for ZkLock {
         let kind = kind_of(options)?;
         let dir = lock_path(self.config.base_path_value(), key);
         let data = node_data(options.mode_value(), options.owner_value(), options.value_value());
-        let (session, mut attempt, node) = self.enter(key, dir, kind.marker(), &data).await?;
-        let children = match &node.listing {
-            Some(children) => children.clone(),
-            None => session.call(key, "list contenders", session.client.list_children(&attempt.dir)).await?,
-        };
-        let queue = Queue::seen_by(&session, &attempt.dir, &children);
-        if queue.position(node_name(&node.path)).is_some_and(|position| queue.blocker(position).is_none()) {
+        let (session, mut attempt, mut node) = self.enter(key, dir, kind.marker(), &data).await?;
+        let listed = node.listing.take();
+        if first_in_line(&session, key, &attempt.dir, node_name(&node.path), listed).await? {
             let proof = first_look_proof(&session, key, &node).await?;
             let lease = grant::lease(key, options.owner_value(), kind.mode(), session, node.path, proof)?;
             attempt.disarm();

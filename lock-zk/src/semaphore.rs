@@ -62,8 +62,7 @@ use crate::client::Session;
 use crate::grant::{self, Proof};
 use crate::layout::{LEASE_MARKER, NodeKind, SEMAPHORE_LEASES, SEMAPHORE_LOCKS, lease_sequence, lock_path};
 use crate::lock::{ZkLock, is, node_name};
-use crate::queue::Queue;
-use crate::wait::wait_for_turn;
+use crate::wait::{first_in_line, wait_for_turn};
 use crate::{BACKEND, election};
 
 /// How long a semaphore attempt may wait.
@@ -208,22 +207,6 @@ pub(crate) async fn acquire(
             }
         }
     }
-}
-
-/// One look at the mutex queue: whether our node `name` in `dir` is first.
-async fn first_in_line(
-    session: &Session,
-    key: &LockKey,
-    dir: &str,
-    name: &str,
-    listed: Option<Vec<String>>,
-) -> Result<bool, LockError> {
-    let children = match listed {
-        Some(children) => children,
-        None => session.call(key, "list the semaphore's mutex", session.client.list_children(dir)).await?,
-    };
-    let queue = Queue::seen_by(session, dir, &children);
-    Ok(queue.position(name).is_some_and(|position| queue.blocker(position).is_none()))
 }
 
 /// What counting the leases found.

@@ -103,3 +103,22 @@ async fn turn(
         () = lock_core::deadline_passed(deadline) => Err(LockError::timeout(BACKEND, key, started)),
     }
 }
+
+/// One look at the queue, without waiting: whether our node `name` in `dir`
+/// holds now (see [`reader_writer`](crate::reader_writer)). `listed`: the
+/// directory's children as listed right behind our create; listed now when
+/// there is none.
+pub(crate) async fn first_in_line(
+    session: &Session,
+    key: &LockKey,
+    dir: &str,
+    name: &str,
+    listed: Option<Vec<String>>,
+) -> Result<bool, LockError> {
+    let children = match listed {
+        Some(children) => children,
+        None => session.call(key, "list contenders", session.client.list_children(dir)).await?,
+    };
+    let queue = Queue::seen_by(session, dir, &children);
+    Ok(queue.position(name).is_some_and(|position| queue.blocker(position).is_none()))
+}
