@@ -37,11 +37,6 @@ pub enum Command {
     /// token), or "none"; with --watch, every change until interrupted.
     #[command(after_help = crate::exit::HELP)]
     Leader(LeaderArgs),
-    /// Internal: what the command's process does before it becomes CMD: it
-    /// asks to be killed when distlock dies, takes the terminal's foreground
-    /// if asked, then runs CMD in place of itself.
-    #[command(name = crate::trampoline::SUBCOMMAND, hide = true)]
-    Trampoline(TrampolineArgs),
 }
 
 /// Where the lock lives.
@@ -117,20 +112,6 @@ pub enum OnLost {
     Terminate,
     /// SIGKILL as soon as the lock is lost.
     Kill,
-}
-
-/// `distlock __command`, the command's trampoline.
-#[derive(Debug, clap::Args)]
-pub struct TrampolineArgs {
-    /// The distlock that started it: if it is gone already, CMD does not run.
-    #[arg(long)]
-    pub parent: i32,
-    /// Take the terminal's foreground for CMD's process group.
-    #[arg(long)]
-    pub foreground: bool,
-    /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 /// `distlock status`.

@@ -1,20 +1,18 @@
 //! Exit codes, documented in `--help` and the README.
 
-/// Usage error (from clap).
-pub const USAGE: u8 = 2;
+// The codes the command's trampoline also returns are defined beside it, in
+// a file its own small program shares: usage error (2), lock lost (74, also
+// when distlock died before the command was tied to it), command not
+// executable (126) and not found (127).
+pub use crate::tied::{CANNOT_EXECUTE, LOST, NOT_FOUND, USAGE};
+
 /// The backend could not be reached or failed.
 pub const UNAVAILABLE: u8 = 69;
-/// The lock was lost while the command ran; the command was terminated.
-pub const LOST: u8 = 74;
 /// The lock was not acquired: held elsewhere with `--no-wait`, `--wait`
 /// elapsed, or the key is in use another way (another `--limit`).
 pub const NOT_ACQUIRED: u8 = 75;
 /// A malformed backend URL, key or option.
 pub const CONFIG: u8 = 78;
-/// The command could not be executed.
-pub const CANNOT_EXECUTE: u8 = 126;
-/// The command was not found.
-pub const NOT_FOUND: u8 = 127;
 
 /// The text appended to `--help`.
 pub const HELP: &str = "\

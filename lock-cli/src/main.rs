@@ -21,6 +21,7 @@ mod indicator;
 mod leader;
 mod status;
 mod terminal;
+mod tied;
 mod trampoline;
 
 use std::io::IsTerminal;
@@ -29,6 +30,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The trampoline where its own program is missing (see `trampoline`):
+    // it only prepares the command's process, so nothing else starts.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == trampoline::SUBCOMMAND) {
+        return ExitCode::from(trampoline::run(args));
+    }
     let cli = cli::Cli::parse();
     // Without -v only distlock's own warnings show: the libraries' log
     // lines (a client library's retry warnings, say) are diagnostics, and
@@ -44,9 +51,6 @@ fn main() -> ExitCode {
         // Colour codes only where a terminal shows them, not in logs.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let cli::Command::Trampoline(args) = &cli.command {
-        return ExitCode::from(trampoline::become_command(args));
-    }
     // Before the runtime starts its threads: see ForegroundTerminal::detect.
     let terminal = matches!(cli.command, cli::Command::Exec(_)).then(terminal::ForegroundTerminal::detect).flatten();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -63,7 +67,6 @@ fn main() -> ExitCode {
             cli::Command::Exec(args) => exec::run(args, terminal).await,
             cli::Command::Status(args) => status::run(args).await,
             cli::Command::Leader(args) => leader::run(args).await,
-            cli::Command::Trampoline(_) => exit::USAGE,
         }
     });
     ExitCode::from(code)

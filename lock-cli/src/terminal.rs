@@ -9,7 +9,8 @@
 //! it runs, as a shell does for a job:
 //!
 //! - the command is started through its trampoline
-//!   (`distlock __command --foreground -- CMD`, see [`crate::trampoline`]),
+//!   (`distlock-command --parent PID --foreground -- CMD`, see
+//!   [`crate::trampoline`]),
 //!   which makes its own (new) group the foreground group and then becomes
 //!   CMD, so CMD never runs a moment in the background;
 //! - Ctrl-C and Ctrl-Z then reach the command's group directly;
@@ -28,20 +29,12 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+use nix::sys::signal::{SigmaskHow, Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{Pid, getpgrp, tcgetpgrp, tcsetpgrp};
-use tracing::{debug, warn};
 
-/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) SIGTTOU in the calling
-/// thread; threads and processes started afterwards inherit the mask.
-fn mask_terminal_stops(how: SigmaskHow) {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTTOU);
-    if let Err(error) = pthread_sigmask(how, Some(&set), None) {
-        debug!(%error, ?how, "cannot change the mask of SIGTTOU");
-    }
-}
+use crate::tied::{controlling_terminal, mask_terminal_stops};
+use tracing::{debug, warn};
 
 /// The controlling terminal, while distlock's process group is its
 /// foreground group.
@@ -49,11 +42,6 @@ fn mask_terminal_stops(how: SigmaskHow) {
 pub struct ForegroundTerminal {
     tty: File,
     own_group: Pid,
-}
-
-/// The controlling terminal, if the process has one.
-fn controlling_terminal() -> Option<File> {
-    File::options().read(true).write(true).open("/dev/tty").ok()
 }
 
 impl ForegroundTerminal {
@@ -65,7 +53,7 @@ impl ForegroundTerminal {
     /// the foreground, or writing a message, from the background does not
     /// stop distlock. Call it before the runtime starts its threads, so
     /// that they all inherit the mask; the command's trampoline unblocks it
-    /// again (see [`enter_foreground`]). Without a terminal nothing is
+    /// again (see [`crate::tied`]). Without a terminal nothing is
     /// blocked, and the command is started directly.
     pub fn detect() -> Option<Self> {
         let tty = controlling_terminal()?;
@@ -125,17 +113,4 @@ impl ForegroundTerminal {
             warn!(%error, "cannot continue the command");
         }
     }
-}
-
-/// Run by the command's trampoline in the command's new process group:
-/// makes that group the terminal's foreground group, and unblocks SIGTTOU
-/// again (blocked by the distlock that started the trampoline).
-pub fn enter_foreground() {
-    if let Some(tty) = controlling_terminal()
-        && let Err(error) = tcsetpgrp(tty.as_fd(), getpgrp())
-    {
-        debug!(%error, "cannot take the terminal's foreground");
-    }
-    // The command gets the signal mask distlock itself was started with.
-    mask_terminal_stops(SigmaskHow::SIG_UNBLOCK);
 }

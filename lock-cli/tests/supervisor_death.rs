@@ -7,7 +7,7 @@
 //! first one's command must be gone by then.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 mod common;
 
-use common::{distlock, run};
+use common::run;
 
 /// How long any one step may take before the test fails.
 const STEP: Duration = Duration::from_secs(20);
@@ -61,16 +61,34 @@ impl Drop for Orphan {
     }
 }
 
-#[test]
-fn a_command_dies_with_its_killed_distlock_before_the_lock_is_granted_elsewhere() {
+/// `distlock` alone in a directory of its own, without the
+/// `distlock-command` program that is built beside it: it is then its own
+/// trampoline (`distlock __command`).
+fn distlock_without_its_trampoline_program() -> PathBuf {
+    let dir = backend().0.with_extension("alone");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let alone = dir.join("distlock");
+    let original = Path::new(env!("CARGO_BIN_EXE_distlock"));
+    if std::fs::hard_link(original, &alone).is_err() {
+        std::fs::copy(original, &alone).unwrap_or_else(|e| panic!("cannot copy distlock to {}: {e}", alone.display()));
+    }
+    alone
+}
+
+/// Kills `distlock_path exec` while its command runs, and checks that the
+/// command is gone by the time the lock is granted again.
+fn dies_with_its_killed_distlock(distlock_path: &Path) {
     let (dir, url) = backend();
     let pid_file = dir.with_extension("pid");
     // `exec`: the command is this very process, and it ignores SIGTERM.
     let stubborn = format!("echo $$ > {}; trap '' TERM; exec sleep 600", pid_file.display());
-    let mut holder = distlock(&url, &["exec", "--key", "orphan", "--", "sh", "-c", &stubborn])
+    let mut holder = Command::new(distlock_path)
+        .env("DISTLOCK_URL", &url)
+        .env_remove("XDG_RUNTIME_DIR")
+        .args(["exec", "--key", "orphan", "--", "sh", "-c", &stubborn])
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run distlock: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", distlock_path.display()));
     let command = wait_for_pid(&pid_file);
     let mut orphan = Orphan(Some(command));
     let _ = holder.kill();
@@ -85,7 +103,60 @@ fn a_command_dies_with_its_killed_distlock_before_the_lock_is_granted_elsewhere(
     }
     assert!(
         !alive,
-        "the command of a SIGKILLed distlock exec (pid {command}) still runs after the lock was granted elsewhere"
+        "the command of a SIGKILLed distlock exec (pid {command}, run by {}) still runs after the lock was granted \
+         elsewhere",
+        distlock_path.display()
     );
     let _ = std::fs::remove_file(pid_file);
+}
+
+#[test]
+fn a_command_dies_with_its_killed_distlock_before_the_lock_is_granted_elsewhere() {
+    dies_with_its_killed_distlock(Path::new(env!("CARGO_BIN_EXE_distlock")));
+}
+
+#[test]
+fn without_its_trampoline_program_distlock_is_its_own_trampoline() {
+    let alone = distlock_without_its_trampoline_program();
+    // Which trampoline ran, as distlock's debug log tells.
+    let (_, url) = backend();
+    let itself = "distlock itself is the trampoline";
+    let told = |path: &Path| {
+        let output = Command::new(path)
+            .env("DISTLOCK_URL", &url)
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(["-vv", "exec", "--key", "which", "--", "true"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        assert!(output.status.success(), "{} exec failed: {output:?}", path.display());
+        String::from_utf8_lossy(&output.stderr).contains(itself)
+    };
+    assert!(told(&alone), "distlock alone did not fall back to being its own trampoline");
+    assert!(!told(Path::new(env!("CARGO_BIN_EXE_distlock"))), "distlock beside distlock-command did not use it");
+    dies_with_its_killed_distlock(&alone);
+    let _ = std::fs::remove_dir_all(alone.parent().unwrap_or(&alone));
+}
+
+/// The trampoline program on its own: it runs the command only while its
+/// parent is the distlock named, so a distlock that died before the command
+/// was tied to it leaves the command unstarted (exit 74, as a lost lock);
+/// arguments distlock never passes are a usage error; the command's own
+/// exit code, or 127 when it is missing, comes back.
+#[test]
+fn the_trampoline_program_runs_the_command_only_under_its_distlock() {
+    let helper = env!("CARGO_BIN_EXE_distlock-command");
+    let marker = backend().0.with_extension("ran");
+    let touch = format!("touch {}", marker.display());
+    let status = |parent: &str, command: &[&str]| {
+        let mut args = vec!["--parent", parent, "--"];
+        args.extend(command);
+        Command::new(helper).args(&args).stderr(Stdio::null()).status().map(|s| s.code())
+    };
+    let own = std::process::id().to_string();
+    assert_eq!(status("1", &["sh", "-c", &touch]).ok().flatten(), Some(74), "run under a parent not named");
+    assert!(!marker.exists(), "the command ran although its parent was not the distlock named");
+    assert_eq!(status(&own, &["sh", "-c", "exit 3"]).ok().flatten(), Some(3));
+    assert_eq!(status(&own, &["/nonexistent/command"]).ok().flatten(), Some(127));
+    let usage = Command::new(helper).args(["--", "true"]).stderr(Stdio::null()).status().map(|s| s.code());
+    assert_eq!(usage.ok().flatten(), Some(2));
 }

@@ -50,7 +50,8 @@ async fn locate_once() -> Result<PathBuf, String> {
     Ok(distlock)
 }
 
-/// `cargo build --bin distlock` with the profile `exe` was built with (the
+/// `cargo build --bin distlock --bin distlock-command` (its trampoline,
+/// which it uses when it finds it beside itself) with the profile `exe` was built with (the
 /// name of its directory: `debug` is the `dev` profile). With this package
 /// selected too, cargo resolves the features `cargo run -p PACKAGE`
 /// did, so distlock reuses its dependency builds.
@@ -75,7 +76,7 @@ async fn build(cargo: &std::ffi::OsStr, exe: &Path) -> Result<(), String> {
     let status = command
         .args(["build", "--quiet", "--profile", profile, "--manifest-path"])
         .arg(workspace_manifest())
-        .args(["-p", PACKAGE, "-p", "lock-cli", "--bin", "distlock"])
+        .args(["-p", PACKAGE, "-p", "lock-cli", "--bin", "distlock", "--bin", "distlock-command"])
         .stdin(Stdio::null())
         .status()
         .await
