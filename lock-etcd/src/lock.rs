@@ -62,6 +62,9 @@ pub struct EtcdLock {
     pub(crate) config: EtcdConfig,
     sessions: SessionSlot<Session>,
     pub(crate) hub: Arc<WatchHub>,
+    /// `client` and `health` again, shared by the loss monitors of all held
+    /// locks (a `Client` is kilobytes; see [`monitor`]).
+    monitor_connection: Arc<(Client, EndpointHealth)>,
     /// Deletions of cancelled attempts' keys still in flight; a new attempt
     /// on the same key waits for them.
     pub(crate) cleanups: Arc<Cleanups>,
@@ -101,12 +104,14 @@ impl EtcdLock {
         let (client, health) = connect(&config).await?;
         let sentinel = format!("{}\u{0}watch-sentinel", config.namespace_value()).into_bytes();
         let hub = WatchHub::start(client.clone(), health.clone(), sentinel);
+        let monitor_connection = Arc::new((client.clone(), health.clone()));
         Ok(Self {
             client,
             health,
             config,
             sessions: SessionSlot::default(),
             hub,
+            monitor_connection,
             cleanups: Arc::default(),
             attempts: AtomicU64::new(0),
         })
@@ -211,7 +216,7 @@ impl EtcdLock {
         let stop_monitor = CancellationToken::new();
         tokio::spawn(monitor(
             Arc::clone(&self.hub),
-            (self.client.clone(), self.health.clone()),
+            Arc::clone(&self.monitor_connection),
             Arc::clone(&session),
             HeldKey { contender: contender.clone(), revision },
             loss.clone(),
