@@ -82,11 +82,13 @@ pub async fn run(args: ExecArgs, terminal: Option<ForegroundTerminal>) -> u8 {
     let Some((program, arguments)) = args.command.split_first() else { return exit::USAGE };
     // Spawned from this thread, which runs `main`: the command's death signal
     // comes when the thread that started it ends (see `trampoline`).
-    let mut command = trampoline::command(program, arguments, terminal.is_some());
-    // Its own process group, so that a lost lock stops the whole command,
-    // grandchildren included, and a forwarded signal reaches all of it once.
-    command.env("DISTLOCK_KEY", key).env("DISTLOCK_FENCING_TOKEN", guard.token().to_string()).process_group(0);
-    let child = match command.spawn() {
+    let token = guard.token().to_string();
+    let spawned = trampoline::spawn(program, arguments, terminal.is_some(), |command| {
+        // Its own process group, so that a lost lock stops the whole command,
+        // grandchildren included, and a forwarded signal reaches all of it once.
+        command.env("DISTLOCK_KEY", key).env("DISTLOCK_FENCING_TOKEN", &token).process_group(0);
+    });
+    let child = match spawned {
         Ok(child) => child,
         Err(error) => {
             eprintln!("distlock: cannot run {program}: {error}");

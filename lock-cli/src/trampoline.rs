@@ -25,7 +25,7 @@
 use std::ffi::OsString;
 
 use nix::unistd::getpid;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tracing::{debug, warn};
 
 use crate::tied::{self, Tie};
@@ -36,11 +36,22 @@ pub const SUBCOMMAND: &str = "__command";
 /// The trampoline program's name, beside distlock's executable.
 pub const HELPER: &str = "distlock-command";
 
-/// The process to spawn for `program` with `arguments`: the trampoline,
-/// which becomes the command. When distlock's own executable cannot be
-/// found, the command itself, with a warning: it then neither dies with
-/// distlock nor gets the terminal.
-pub fn command(program: &str, arguments: &[String], to_foreground: bool) -> Command {
+/// Starts `program` with `arguments` through the trampoline, which becomes
+/// the command; `prepare` sets up the process (environment, process group).
+/// The trampoline is `distlock-command` when it is beside distlock and
+/// starts; when it is missing or cannot start (not executable, being
+/// rewritten by a build), `distlock __command`. When distlock's own
+/// executable cannot be found, the command itself, with a warning: it then
+/// neither dies with distlock nor gets the terminal.
+///
+/// # Errors
+/// When the process cannot be started.
+pub fn spawn(
+    program: &str,
+    arguments: &[String],
+    to_foreground: bool,
+    prepare: impl Fn(&mut Command),
+) -> std::io::Result<Child> {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
@@ -51,22 +62,33 @@ pub fn command(program: &str, arguments: &[String], to_foreground: bool) -> Comm
             );
             let mut command = Command::new(program);
             command.args(arguments);
-            return command;
+            prepare(&mut command);
+            return command.spawn();
         }
-    };
-    let helper = exe.with_file_name(HELPER);
-    let mut command = if helper.is_file() {
-        Command::new(helper)
-    } else {
-        debug!(helper = %helper.display(), "no trampoline program beside distlock; distlock itself is the trampoline");
-        let mut command = Command::new(exe);
-        command.arg(SUBCOMMAND);
-        command
     };
     let mut run = vec![OsString::from(program)];
     run.extend(arguments.iter().map(OsString::from));
-    command.args(Tie { parent: getpid().as_raw(), foreground: to_foreground, command: run }.to_args());
-    command
+    let tie = Tie { parent: getpid().as_raw(), foreground: to_foreground, command: run }.to_args();
+    let helper = exe.with_file_name(HELPER);
+    if helper.is_file() {
+        let mut command = Command::new(&helper);
+        command.args(&tie);
+        prepare(&mut command);
+        match command.spawn() {
+            Ok(child) => return Ok(child),
+            Err(error) => warn!(
+                %error,
+                helper = %helper.display(),
+                "cannot start the trampoline program; distlock itself is the trampoline"
+            ),
+        }
+    } else {
+        debug!(helper = %helper.display(), "no trampoline program beside distlock; distlock itself is the trampoline");
+    }
+    let mut command = Command::new(exe);
+    command.arg(SUBCOMMAND).args(&tie);
+    prepare(&mut command);
+    command.spawn()
 }
 
 /// `distlock __command ARGS`: becomes the command `ARGS` name (see

@@ -61,18 +61,51 @@ impl Drop for Orphan {
     }
 }
 
-/// `distlock` alone in a directory of its own, without the
-/// `distlock-command` program that is built beside it: it is then its own
-/// trampoline (`distlock __command`).
-fn distlock_without_its_trampoline_program() -> PathBuf {
-    let dir = backend().0.with_extension("alone");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    let alone = dir.join("distlock");
-    let original = Path::new(env!("CARGO_BIN_EXE_distlock"));
-    if std::fs::hard_link(original, &alone).is_err() {
-        std::fs::copy(original, &alone).unwrap_or_else(|e| panic!("cannot copy distlock to {}: {e}", alone.display()));
+/// Removes a test's file or directory when dropped, pass or fail.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
-    alone
+}
+
+/// `distlock` in a directory of its own (under cargo's scratch directory
+/// for tests, on the target's file system, so a hard link will do), beside
+/// `helper` as its `distlock-command` if given: without the program built
+/// beside it, distlock is its own trampoline (`distlock __command`).
+fn distlock_in_a_directory_of_its_own(name: &str, helper: Option<&[u8]>) -> (PathBuf, Scratch) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("distlock-{name}-{}", std::process::id()));
+    let scratch = Scratch(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let copy = dir.join("distlock");
+    let original = Path::new(env!("CARGO_BIN_EXE_distlock"));
+    if std::fs::hard_link(original, &copy).is_err() {
+        std::fs::copy(original, &copy).unwrap_or_else(|e| panic!("cannot copy distlock to {}: {e}", copy.display()));
+    }
+    if let Some(helper) = helper {
+        let path = dir.join("distlock-command");
+        std::fs::write(&path, helper).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+    (copy, scratch)
+}
+
+/// Whether `distlock_path` ran `exec` through itself as the trampoline, as
+/// its debug log tells; the exec must succeed either way.
+fn is_its_own_trampoline(distlock_path: &Path) -> bool {
+    let (dir, url) = backend();
+    let _scratch = Scratch(dir);
+    let output = Command::new(distlock_path)
+        .env("DISTLOCK_URL", &url)
+        .env_remove("XDG_RUNTIME_DIR")
+        // It would override -vv.
+        .env_remove("RUST_LOG")
+        .args(["-vv", "exec", "--key", "which", "--", "true"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", distlock_path.display()));
+    assert!(output.status.success(), "{} exec failed: {output:?}", distlock_path.display());
+    String::from_utf8_lossy(&output.stderr).contains("distlock itself is the trampoline")
 }
 
 /// Kills `distlock_path exec` while its command runs, and checks that the
@@ -80,6 +113,7 @@ fn distlock_without_its_trampoline_program() -> PathBuf {
 fn dies_with_its_killed_distlock(distlock_path: &Path) {
     let (dir, url) = backend();
     let pid_file = dir.with_extension("pid");
+    let _scratch = (Scratch(dir), Scratch(pid_file.clone()));
     // `exec`: the command is this very process, and it ignores SIGTERM.
     let stubborn = format!("echo $$ > {}; trap '' TERM; exec sleep 600", pid_file.display());
     let mut holder = Command::new(distlock_path)
@@ -107,7 +141,6 @@ fn dies_with_its_killed_distlock(distlock_path: &Path) {
          elsewhere",
         distlock_path.display()
     );
-    let _ = std::fs::remove_file(pid_file);
 }
 
 #[test]
@@ -117,24 +150,21 @@ fn a_command_dies_with_its_killed_distlock_before_the_lock_is_granted_elsewhere(
 
 #[test]
 fn without_its_trampoline_program_distlock_is_its_own_trampoline() {
-    let alone = distlock_without_its_trampoline_program();
-    // Which trampoline ran, as distlock's debug log tells.
-    let (_, url) = backend();
-    let itself = "distlock itself is the trampoline";
-    let told = |path: &Path| {
-        let output = Command::new(path)
-            .env("DISTLOCK_URL", &url)
-            .env_remove("XDG_RUNTIME_DIR")
-            .args(["-vv", "exec", "--key", "which", "--", "true"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-        assert!(output.status.success(), "{} exec failed: {output:?}", path.display());
-        String::from_utf8_lossy(&output.stderr).contains(itself)
-    };
-    assert!(told(&alone), "distlock alone did not fall back to being its own trampoline");
-    assert!(!told(Path::new(env!("CARGO_BIN_EXE_distlock"))), "distlock beside distlock-command did not use it");
+    assert!(
+        !is_its_own_trampoline(Path::new(env!("CARGO_BIN_EXE_distlock"))),
+        "distlock beside distlock-command did not use it"
+    );
+    let (alone, _scratch) = distlock_in_a_directory_of_its_own("alone", None);
+    assert!(is_its_own_trampoline(&alone), "distlock alone did not fall back to being its own trampoline");
     dies_with_its_killed_distlock(&alone);
-    let _ = std::fs::remove_dir_all(alone.parent().unwrap_or(&alone));
+}
+
+/// A `distlock-command` that cannot start (here: not executable) does not
+/// stop the command from running: distlock is its own trampoline then.
+#[test]
+fn a_trampoline_program_that_cannot_start_is_passed_over() {
+    let (beside_a_broken_one, _scratch) = distlock_in_a_directory_of_its_own("broken", Some(b"not a program"));
+    assert!(is_its_own_trampoline(&beside_a_broken_one), "distlock did not pass over a trampoline that cannot start");
 }
 
 /// The trampoline program on its own: it runs the command only while its
@@ -146,6 +176,7 @@ fn without_its_trampoline_program_distlock_is_its_own_trampoline() {
 fn the_trampoline_program_runs_the_command_only_under_its_distlock() {
     let helper = env!("CARGO_BIN_EXE_distlock-command");
     let marker = backend().0.with_extension("ran");
+    let _scratch = Scratch(marker.clone());
     let touch = format!("touch {}", marker.display());
     let status = |parent: &str, command: &[&str]| {
         let mut args = vec!["--parent", parent, "--"];
