@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_core::{LockError, LockKey, Locks};
+use lock_core::{LockError, LockGuard, LockKey, Locks};
 use lock_zk::{ZkConfig, ZkLock, escaped_prefix, lock_path};
 use tokio::sync::OnceCell;
 use zookeeper_client::Client;
@@ -173,6 +173,30 @@ impl ZkHarness {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `waiter`'s acquire of `key`, granted after a wait: `holder` takes the
+    /// key, `waiter` queues behind it (its node seen in ZooKeeper), then
+    /// `holder` releases. `what` names the holder in a failure.
+    ///
+    /// # Panics
+    /// When the holder cannot take the key, or the waiter's node does not
+    /// appear within 10 s.
+    pub async fn acquire_after_a_wait(
+        &self,
+        holder: &TestClient,
+        waiter: &TestClient,
+        key: &LockKey,
+        what: &str,
+    ) -> Result<LockGuard, LockError> {
+        let held = holder.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
+        let held = held.unwrap_or_else(|| panic!("{what} could not take the key"));
+        let (locks, waiting_key) = (waiter.locks.clone(), key.clone());
+        let waiting =
+            tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
+        self.await_contenders(key, 2, Duration::from_secs(10), "the waiter's node").await;
+        let _ = held.release().await;
+        waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// The contender nodes of `key` (mutex, read and write nodes), sorted by

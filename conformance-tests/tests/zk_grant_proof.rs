@@ -6,8 +6,6 @@
 //! events of call sites that tests on other threads reached first.
 #![cfg(feature = "zk")]
 
-use std::time::Duration;
-
 use conformance_tests::zk::ZkHarness;
 use conformance_tests::{Harness, Namespace};
 use lock_zk::ZkConfig;
@@ -80,14 +78,7 @@ fn a_free_lock_is_granted_on_the_creates_reply_without_a_read() {
         }
         // After a wait: read, to prove the node outlived the wait.
         let key = ns.key("after a wait");
-        let held = other.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
-        let held = held.unwrap_or_else(|| panic!("the other client could not take the key"));
-        let (locks, waiting_key) = (current.locks.clone(), key.clone());
-        let waiting =
-            tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
-        h.await_contenders(&key, 2, Duration::from_secs(10), "the waiter's node").await;
-        let _ = held.release().await;
-        let guard = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let guard = h.acquire_after_a_wait(&other, &current, &key, "the other client").await;
         let guard = guard.unwrap_or_else(|e| panic!("acquire after a wait: {e}"));
         let node = h.contenders(&key).await.pop().unwrap_or_default();
         assert_eq!(grants.proven_by(&node), "read", "a grant after a wait");

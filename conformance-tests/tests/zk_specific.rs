@@ -423,14 +423,7 @@ async fn tokens_are_the_nodes_czxid_with_or_without_the_creates_stat() {
         assert_token_is_czxid(&h, &key, &guard, "acquire at once").await;
         let _ = guard.release().await;
 
-        let held = other.locks.lock(key.as_str()).try_acquire().await.ok().flatten();
-        let held = held.unwrap_or_else(|| panic!("{path}: the other client could not take the key"));
-        let (locks, waiting_key) = (client.locks.clone(), key.clone());
-        let waiting =
-            tokio::spawn(async move { locks.lock(waiting_key.as_str()).wait(Duration::from_secs(20)).acquire().await });
-        h.await_contenders(&key, 2, Duration::from_secs(10), "the waiter's node").await;
-        let _ = held.release().await;
-        let guard = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let guard = h.acquire_after_a_wait(&other, client, &key, &format!("{path}: the other client")).await;
         let guard = guard.unwrap_or_else(|e| panic!("{path}: acquire after a wait: {e}"));
         assert_token_is_czxid(&h, &key, &guard, "acquire after a wait").await;
         let _ = guard.release().await;
