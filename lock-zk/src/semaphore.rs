@@ -62,7 +62,7 @@ use crate::client::Session;
 use crate::grant::{self, Proof};
 use crate::layout::{LEASE_MARKER, NodeKind, SEMAPHORE_LEASES, SEMAPHORE_LOCKS, lease_sequence, lock_path};
 use crate::lock::{ZkLock, is, node_name};
-use crate::wait::{first_in_line, wait_for_turn};
+use crate::wait::wait_for_turn;
 use crate::{BACKEND, election};
 
 /// How long a semaphore attempt may wait.
@@ -120,7 +120,8 @@ impl LeaseData {
 }
 
 /// Takes one of `limit` places of `key`: the lease, `None` when a
-/// [`Wait::Once`] attempt found the semaphore full or its mutex taken.
+/// [`Wait::Once`] attempt found the semaphore full or its mutex held for
+/// longer than the request timeout.
 ///
 /// Cancel safe: both nodes belong to [`Attempt`]s until the lease exists,
 /// and a dropped attempt deletes its node.
@@ -140,10 +141,20 @@ pub(crate) async fn acquire(
         let locks_dir = format!("{dir}/{SEMAPHORE_LOCKS}");
         let (session, mut mutex, created) = lock.enter(key, locks_dir, NodeKind::Mutex.marker(), &owner).await?;
         let mutex_path = created.path;
+        let node = (mutex.dir.as_str(), node_name(&mutex_path));
         let ours = match wait {
-            Wait::Once => first_in_line(&session, key, &mutex.dir, node_name(&mutex_path), created.listing).await,
+            // The mutex is held only while a contender counts, and a
+            // granted one's node is deleted in the background: a try waits
+            // for it, at most the request timeout, but never for a place.
+            Wait::Once => {
+                let briefly = Some(Instant::now() + request_limit);
+                match wait_for_turn(&session, key, node, briefly, started, created.listing).await {
+                    Ok(_) => Ok(true),
+                    Err(LockError::Timeout { .. }) => Ok(false),
+                    Err(error) => Err(error),
+                }
+            }
             Wait::Until(deadline) => {
-                let node = (mutex.dir.as_str(), node_name(&mutex_path));
                 wait_for_turn(&session, key, node, deadline, started, created.listing).await.map(|_| true)
             }
         };
