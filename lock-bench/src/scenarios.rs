@@ -25,34 +25,48 @@ pub fn fail(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// 1-3: raw round trip, uncontended acquire+release, hand-off; 2 and 3 as
-/// ratios of the raw p50 measured in the same run.
+/// How long the hand-off scenario's holder waits, with nothing sent, before
+/// it releases: time for the waiter's request to reach the service.
+pub const HANDOFF_PAUSE: Duration = Duration::from_millis(10);
+
+/// 1-3: raw round trip, uncontended acquire+release, hand-off; 2 as ratios
+/// of the raw p50 measured back to back in the same run, 3 of the raw p50
+/// after the same pause as the hand-off's release (and, as
+/// `p50_ratio_back_to_back`, of the back-to-back one).
 pub async fn latency(target: &Target, options: &Options) -> Outcome {
     let raw = target.raw_round_trips(options.iterations).await?;
-    let raw_p50 = raw.percentile(50.0).max(Duration::from_nanos(1));
-    let ratio = |d: Duration| d.as_secs_f64() / raw_p50.as_secs_f64();
+    let handoffs = options.iterations.min(200);
+    let raw_after_pause = target.raw_round_trips_after(handoffs, HANDOFF_PAUSE).await?;
+    let ratio_to = |d: Duration, base: Duration| d.as_secs_f64() / base.max(Duration::from_nanos(1)).as_secs_f64();
+    let (raw_p50, idle_p50) = (raw.percentile(50.0), raw_after_pause.percentile(50.0));
     let name = target.name();
     let ns = namespace();
     let uncontended = uncontended(target, &format!("{ns}uncontended"), options.iterations).await?;
-    let handoff = handoff(target, &format!("{ns}handoff"), options.iterations.min(200)).await?;
+    let handoff = handoff(target, &format!("{ns}handoff"), handoffs).await?;
     let (u50, u99, h50, h99) = (
         uncontended.percentile(50.0),
         uncontended.percentile(99.0),
         handoff.percentile(50.0),
         handoff.percentile(99.0),
     );
+    let pause_ms = HANDOFF_PAUSE.as_millis();
     Ok(vec![
         Row::new(name, "1 raw round trip").micros("p50_us", raw_p50).micros("p99_us", raw.percentile(99.0)),
+        Row::new(name, &format!("1 raw after {pause_ms} ms idle"))
+            .micros("p50_us", idle_p50)
+            .micros("p99_us", raw_after_pause.percentile(99.0))
+            .value("p50_ratio_back_to_back", ratio_to(idle_p50, raw_p50)),
         Row::new(name, "2 acquire+release")
             .micros("p50_us", u50)
             .micros("p99_us", u99)
-            .value("p50_ratio", ratio(u50))
-            .value("p99_ratio", ratio(u99)),
+            .value("p50_ratio", ratio_to(u50, raw_p50))
+            .value("p99_ratio", ratio_to(u99, raw_p50)),
         Row::new(name, "3 hand-off")
             .micros("p50_us", h50)
             .micros("p99_us", h99)
-            .value("p50_ratio", ratio(h50))
-            .value("p99_ratio", ratio(h99)),
+            .value("p50_ratio", ratio_to(h50, idle_p50))
+            .value("p99_ratio", ratio_to(h99, idle_p50))
+            .value("p50_ratio_back_to_back", ratio_to(h50, raw_p50)),
     ])
 }
 
@@ -86,7 +100,7 @@ pub async fn handoff(target: &Target, key: &str, count: usize) -> Result<Samples
             })
         };
         // Let the waiter's request reach the service before the release.
-        sleep(Duration::from_millis(10)).await;
+        sleep(HANDOFF_PAUSE).await;
         let released = Instant::now();
         guard.release().await.map_err(fail)?;
         let (granted, guard) = waiting.await.map_err(fail)?;

@@ -123,13 +123,24 @@ impl Target {
         lock_consul::ConsulLock::connect(config).await
     }
 
-    /// Measures `count` raw round trips: etcd put, memory inspect.
+    /// Measures `count` raw round trips back to back: etcd put, ZooKeeper
+    /// exists, Consul KV put, file write+sync, memory inspect.
     pub async fn raw_round_trips(&self, count: usize) -> Result<crate::stats::Samples, String> {
+        self.raw_round_trips_after(count, Duration::ZERO).await
+    }
+
+    /// The same round trips, each after `pause` with nothing sent: what a
+    /// request costs when it wakes an idle client and server, as the
+    /// release in the hand-off scenario does. (On this kind of machine an
+    /// etcd `put` after 10 ms idle takes about three times as long as one
+    /// right after another.)
+    pub async fn raw_round_trips_after(&self, count: usize, pause: Duration) -> Result<crate::stats::Samples, String> {
         let mut samples = crate::stats::Samples::default();
         match self {
             Self::Memory(store) => {
                 let locks = Locks::new(store.client());
                 for _ in 0..count {
+                    idle(pause).await;
                     let started = Instant::now();
                     locks.inspect("bench/raw").await.map_err(|e| e.to_string())?;
                     samples.push(started.elapsed());
@@ -140,6 +151,7 @@ impl Target {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
                 let mut file = std::fs::File::create(dir.join("raw")).map_err(|e| e.to_string())?;
                 for _ in 0..count {
+                    idle(pause).await;
                     let started = Instant::now();
                     file.write_all(b"0123456789abcdef0123456789abcdef").map_err(|e| e.to_string())?;
                     file.sync_data().map_err(|e| e.to_string())?;
@@ -150,6 +162,7 @@ impl Target {
             Self::Etcd { endpoints, .. } => {
                 let mut client = etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?;
                 for _ in 0..count {
+                    idle(pause).await;
                     let started = Instant::now();
                     client.put("distlock-bench/raw", "x", None).await.map_err(|e| e.to_string())?;
                     samples.push(started.elapsed());
@@ -159,6 +172,7 @@ impl Target {
             Self::Zk { hosts, .. } => {
                 let client = zookeeper_client::Client::connect(hosts).await.map_err(|e| e.to_string())?;
                 for _ in 0..count {
+                    idle(pause).await;
                     let started = Instant::now();
                     client.check_stat("/distlock-bench").await.map_err(|e| e.to_string())?;
                     samples.push(started.elapsed());
@@ -170,6 +184,7 @@ impl Target {
                 for _ in 0..count {
                     let request =
                         rs_consul::CreateOrUpdateKeyRequest { key: "distlock-bench/raw", ..Default::default() };
+                    idle(pause).await;
                     let started = Instant::now();
                     lock.consul().create_or_update_key(request, b"x".to_vec()).await.map_err(|e| e.to_string())?;
                     samples.push(started.elapsed());
@@ -222,5 +237,12 @@ impl Drop for Target {
         if let Self::File(dir) = self {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Sleeps for `pause`, if any.
+async fn idle(pause: Duration) {
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
     }
 }
