@@ -134,8 +134,8 @@ async fn only_distlock_leases_tell_their_limit() {
     java.reported("held").await;
     let three = take(&client.locks, &key, 3).await;
     // The taker's mutex node goes in the background: a try that finds it
-    // still there reports the semaphore busy (as Curator's does) before it
-    // could see the limits.
+    // still there counts two leases, a semaphore of 2 full, and reports it
+    // so before it reads their limits.
     await_nodes(&h, &ns, 2, WAIT, "the two lease nodes alone").await;
     let conflict = other.locks.semaphore(key.as_str(), 2).try_acquire().await;
     assert!(matches!(conflict, Err(LockError::Conflict { .. })), "limit 2 beside distlock's 3: {conflict:?}");
@@ -211,5 +211,85 @@ async fn semaphore_attempts_lost_with_their_replies_leave_nothing() {
     release(held).await;
     let again = take(&client.locks, &key, 1).await;
     release(again).await;
+    await_clean(&h, &ns, &key).await;
+}
+
+/// A try that finds the counting mutex taken by a contender that is only
+/// counting (here a node of the test's own standing in for it) waits for
+/// it and takes the free place, rather than reporting a semaphore with free
+/// places busy. (Seen in CI: a try met a granted contender's mutex node
+/// still being deleted in the background and was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_waits_for_a_mutex_held_only_to_count() {
+    let h = ZkHarness::from_env();
+    let ns = Namespace::new();
+    let key = ns.key("counting");
+    let (client, _) = h.client_with(|config| config.request_timeout(Duration::from_secs(20))).await;
+    let admin = h.admin().await;
+    let dir = lock_zk::lock_path(BASE, &key);
+    let locks_dir = format!("{dir}/locks");
+    // The directories are containers, which ZooKeeper reaps once emptied:
+    // make them again until our node is in.
+    let container = CreateMode::Container.with_acls(Acls::anyone_all());
+    let ephemeral = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let counting = format!("{locks_dir}/_c_{}-lock-", uuid::Uuid::new_v4());
+    let mut made = None;
+    for _ in 0..20 {
+        let _ = admin.mkdir(&locks_dir, &container).await;
+        match admin.create(&counting, b"", &ephemeral).await {
+            Ok((_, sequence)) => {
+                made = Some(sequence);
+                break;
+            }
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(error) => panic!("cannot make {counting}: {error}"),
+        }
+    }
+    let sequence = made.unwrap_or_else(|| panic!("{dir} was reaped under every try to make {counting}"));
+    let (locks, tried_key) = (client.locks.clone(), key.clone());
+    let trying = tokio::spawn(async move { locks.semaphore(tried_key.as_str(), 2).try_acquire().await });
+    // Only once the try's mutex node is queued behind ours (or the try has
+    // ended, which fails below) is ours deleted.
+    while !trying.is_finished() && admin.list_children(&locks_dir).await.unwrap_or_default().len() < 2 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let counted = format!("{counting}{sequence}");
+    admin.delete(&counted, None).await.unwrap_or_else(|e| panic!("cannot delete {counted}: {e}"));
+    let tried = trying.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let guard = match tried {
+        Ok(Some(guard)) => guard,
+        other => panic!("a try behind a contender that was only counting, with both places free: {other:?}"),
+    };
+    release(guard).await;
+    await_clean(&h, &ns, &key).await;
+}
+
+/// A try on a full semaphore reports it full at once, even while a waiter
+/// holds the counting mutex for as long as it waits for a place (as
+/// Curator's waiters do), and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_does_not_wait_behind_a_waiter_for_a_place() {
+    let h = ZkHarness::from_env();
+    let ns = Namespace::new();
+    let key = ns.key("full");
+    let (holder, waiter) = (h.client().await, h.client().await);
+    // A request timeout far beyond the test's patience: a try that waits
+    // for the waiter's mutex would take all of it.
+    let (tries, _) = h.client_with(|config| config.request_timeout(Duration::from_secs(120))).await;
+    let held = take(&holder.locks, &key, 1).await;
+    let waiting = wait_for(&waiter.locks, &key, 1);
+    await_nodes(&h, &ns, 3, WAIT, "the holder's lease, the waiter's mutex and lease nodes").await;
+    for attempt in 1..=3 {
+        let tried = tokio::time::timeout(WAIT, tries.locks.semaphore(key.as_str(), 1).try_acquire()).await;
+        match tried {
+            Ok(Ok(None)) => {}
+            Ok(other) => panic!("try {attempt} on a full semaphore: {other:?}"),
+            Err(_) => panic!("try {attempt} on a full semaphore still waited after {WAIT:?}, behind the waiter"),
+        }
+        await_nodes(&h, &ns, 3, WAIT, "after a try on a full semaphore").await;
+    }
+    release(held).await;
+    let (waited, _) = granted(waiting).await;
+    release(waited).await;
     await_clean(&h, &ns, &key).await;
 }

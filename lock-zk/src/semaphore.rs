@@ -62,13 +62,16 @@ use crate::client::Session;
 use crate::grant::{self, Proof};
 use crate::layout::{LEASE_MARKER, NodeKind, SEMAPHORE_LEASES, SEMAPHORE_LOCKS, lease_sequence, lock_path};
 use crate::lock::{ZkLock, is, node_name};
+use crate::queue::Queue;
 use crate::wait::wait_for_turn;
 use crate::{BACKEND, election};
 
 /// How long a semaphore attempt may wait.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Wait {
-    /// One look at the mutex and one count (`try_acquire`).
+    /// No wait for a place (`try_acquire`): the semaphore full is `None`
+    /// at once; a mutex held by a contender that counts is waited for, at
+    /// most the request timeout (see [`Try`]).
     Once,
     /// Until the deadline (`None`: forever).
     Until(Option<Instant>),
@@ -120,8 +123,7 @@ impl LeaseData {
 }
 
 /// Takes one of `limit` places of `key`: the lease, `None` when a
-/// [`Wait::Once`] attempt found the semaphore full or its mutex held for
-/// longer than the request timeout.
+/// [`Wait::Once`] attempt found the semaphore full (see [`Try`]).
 ///
 /// Cancel safe: both nodes belong to [`Attempt`]s until the lease exists,
 /// and a dropped attempt deletes its node.
@@ -142,17 +144,11 @@ pub(crate) async fn acquire(
         let (session, mut mutex, created) = lock.enter(key, locks_dir, NodeKind::Mutex.marker(), &owner).await?;
         let mutex_path = created.path;
         let node = (mutex.dir.as_str(), node_name(&mutex_path));
+        let leases_dir = format!("{dir}/{SEMAPHORE_LEASES}");
         let ours = match wait {
-            // The mutex is held only while a contender counts, and a
-            // granted one's node is deleted in the background: a try waits
-            // for it, at most the request timeout, but never for a place.
             Wait::Once => {
-                let briefly = Some(Instant::now() + request_limit);
-                match wait_for_turn(&session, key, node, briefly, started, created.listing).await {
-                    Ok(_) => Ok(true),
-                    Err(LockError::Timeout { .. }) => Ok(false),
-                    Err(error) => Err(error),
-                }
+                let tried = Try { session: &session, key, limit, leases_dir: &leases_dir };
+                tried.mutex_turn(node, Instant::now() + request_limit, created.listing).await
             }
             Wait::Until(deadline) => {
                 wait_for_turn(&session, key, node, deadline, started, created.listing).await.map(|_| true)
@@ -175,7 +171,6 @@ pub(crate) async fn acquire(
         }
         // 2. Our lease node, on the same session: its requests are answered
         // in order, so the count below follows the mutex grant.
-        let leases_dir = format!("{dir}/{SEMAPHORE_LEASES}");
         let mut lease = Attempt::new(Arc::clone(&session), leases_dir.clone(), LEASE_MARKER);
         let data = LeaseData::encode(limit, options.owner_value(), options.value_value());
         let created = lease.create(key, data, lock.acls(), lock.authenticated(), false, request_limit).await;
@@ -216,6 +211,80 @@ pub(crate) async fn acquire(
                 tokio::join!(lease.withdraw(request_limit), mutex.withdraw(request_limit));
                 return Err(error);
             }
+        }
+    }
+}
+
+/// A try's wait for the counting mutex. Another contender holds it while it
+/// counts (a round trip or two), while its node is deleted in the
+/// background after its grant, and, as in Curator, for as long as it waits
+/// for a place. Only the last means the semaphore is full, and then at least
+/// `limit` lease nodes exist (the waiter's own among them): a try that finds
+/// the mutex taken counts the leases and reports the semaphore full at once
+/// when they are; otherwise it waits for the mutex, at most until its
+/// deadline (the request timeout). While it waits, no lease node can be
+/// added but the mutex holder's, which is then within the limit and gives
+/// the mutex up, so the wait is short.
+struct Try<'a> {
+    session: &'a Session,
+    key: &'a LockKey,
+    limit: NonZeroU32,
+    leases_dir: &'a str,
+}
+
+impl Try<'_> {
+    /// Whether our mutex node `name` in `dir` came to hold the mutex before
+    /// `deadline` with the semaphore not full; `listed`: the mutex
+    /// directory's children as listed behind our create.
+    async fn mutex_turn(
+        &self,
+        (dir, name): (&str, &str),
+        deadline: Instant,
+        mut listed: Option<Vec<String>>,
+    ) -> Result<bool, LockError> {
+        let (session, key) = (self.session, self.key);
+        loop {
+            let (children, watcher) = match listed.take() {
+                Some(children) => (children, None),
+                None => {
+                    let listing = session.client.list_and_watch_children(dir);
+                    let (children, watcher) = session.call(key, "list contenders", listing).await?;
+                    (children, Some(watcher))
+                }
+            };
+            let queue = Queue::seen_by(session, dir, &children);
+            // Our node gone (deleted from outside): not ours; withdrawn.
+            let Some(position) = queue.position(name) else { return Ok(false) };
+            if queue.blocker(position).is_none() {
+                return Ok(true);
+            }
+            if self.leases_taken().await? >= self.limit.get() {
+                debug!(%key, limit = self.limit, "semaphore full while its mutex is taken");
+                return Ok(false);
+            }
+            // Listed without a watch (behind our create): list again with one.
+            let Some(watcher) = watcher else { continue };
+            tokio::select! {
+                _ = watcher.changed() => {}
+                _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
+                () = tokio::time::sleep_until(deadline) => {
+                    debug!(%key, "the semaphore's mutex stayed taken for a request timeout; reporting it busy");
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// How many lease nodes the semaphore has, granted or waiting.
+    async fn leases_taken(&self) -> Result<u32, LockError> {
+        let (session, dir) = (self.session, self.leases_dir);
+        match session.call(self.key, "list leases", session.client.list_children(dir)).await {
+            Ok(children) => {
+                let live = children.iter().filter(|child| !session.withdrawn.contains(dir, child)).count();
+                Ok(u32::try_from(live).unwrap_or(u32::MAX))
+            }
+            Err(error) if is(&error, &Error::NoNode) => Ok(0),
+            Err(error) => Err(error),
         }
     }
 }
