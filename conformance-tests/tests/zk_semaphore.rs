@@ -277,7 +277,12 @@ async fn a_try_does_not_wait_behind_a_waiter_for_a_place() {
     // for the waiter's mutex would take all of it.
     let (tries, _) = h.client_with(|config| config.request_timeout(Duration::from_secs(120))).await;
     let held = take(&holder.locks, &key, 1).await;
-    let waiting = wait_for(&waiter.locks, &key, 1);
+    // The waiter outwaits every try, so it is still waiting, holding the
+    // mutex, when a try that waits for the mutex gives up.
+    let waiting = {
+        let (locks, key) = (waiter.locks.clone(), key.clone());
+        tokio::spawn(async move { locks.semaphore(key.as_str(), 1).wait(4 * WAIT).acquire().await })
+    };
     await_nodes(&h, &ns, 3, WAIT, "the holder's lease, the waiter's mutex and lease nodes").await;
     for attempt in 1..=3 {
         let tried = tokio::time::timeout(WAIT, tries.locks.semaphore(key.as_str(), 1).try_acquire()).await;
@@ -289,7 +294,7 @@ async fn a_try_does_not_wait_behind_a_waiter_for_a_place() {
         await_nodes(&h, &ns, 3, WAIT, "after a try on a full semaphore").await;
     }
     release(held).await;
-    let (waited, _) = granted(waiting).await;
-    release(waited).await;
+    let waited = waiting.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    release(waited.unwrap_or_else(|e| panic!("the waiter, once the place was given back: {e}"))).await;
     await_clean(&h, &ns, &key).await;
 }

@@ -218,13 +218,15 @@ pub(crate) async fn acquire(
 /// A try's wait for the counting mutex. Another contender holds it while it
 /// counts (a round trip or two), while its node is deleted in the
 /// background after its grant, and, as in Curator, for as long as it waits
-/// for a place. Only the last means the semaphore is full, and then at least
-/// `limit` lease nodes exist (the waiter's own among them): a try that finds
-/// the mutex taken counts the leases and reports the semaphore full at once
-/// when they are; otherwise it waits for the mutex, at most until its
-/// deadline (the request timeout). While it waits, no lease node can be
-/// added but the mutex holder's, which is then within the limit and gives
-/// the mutex up, so the wait is short.
+/// for a place. Only the last means the semaphore is full, and then more
+/// than `limit` lease nodes exist (the waiter's own among them): a try that
+/// finds the mutex taken counts the leases and reports the semaphore full at
+/// once when at least `limit` exist; otherwise it waits for the mutex,
+/// looking again whenever a mutex node comes or goes, at most until its
+/// deadline (the request timeout), and is then reported busy. The wait is
+/// short when every contender is alive and uses our limit; it lasts until
+/// the deadline when the mutex holder waits for a place of a smaller limit
+/// (a Curator contender's, unknown) or is cut off until its session expires.
 struct Try<'a> {
     session: &'a Session,
     key: &'a LockKey,
@@ -244,6 +246,9 @@ impl Try<'_> {
     ) -> Result<bool, LockError> {
         let (session, key) = (self.session, self.key);
         loop {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
             let (children, watcher) = match listed.take() {
                 Some(children) => (children, None),
                 None => {
@@ -265,12 +270,13 @@ impl Try<'_> {
             // Listed without a watch (behind our create): list again with one.
             let Some(watcher) = watcher else { continue };
             tokio::select! {
-                _ = watcher.changed() => {}
+                biased;
                 _ = session.ended().fired() => return Err(LockError::lost(BACKEND, key, LostReason::SessionEnded)),
                 () = tokio::time::sleep_until(deadline) => {
                     debug!(%key, "the semaphore's mutex stayed taken for a request timeout; reporting it busy");
                     return Ok(false);
                 }
+                _ = watcher.changed() => {}
             }
         }
     }
