@@ -10,7 +10,7 @@ use tokio::time::{Instant, sleep};
 
 use crate::Options;
 use crate::stats::{Row, Samples};
-use crate::target::Target;
+use crate::target::{RawClient, Target};
 
 type Outcome = Result<Vec<Row>, String>;
 
@@ -29,20 +29,26 @@ pub fn fail(e: impl std::fmt::Display) -> String {
 /// it releases: time for the waiter's request to reach the service.
 pub const HANDOFF_PAUSE: Duration = Duration::from_millis(10);
 
-/// 1-3: raw round trip, uncontended acquire+release, hand-off; 2 as ratios
-/// of the raw p50 measured back to back in the same run, 3 of the raw p50
-/// after the same pause as the hand-off's release (and, as
-/// `p50_ratio_back_to_back`, of the back-to-back one).
+/// 1-3: raw round trip, uncontended acquire+release, hand-off. Each
+/// distlock sample is taken right after a raw one, so drift in the machine's
+/// speed during the run falls on both: 2 as ratios of the raw p50 measured
+/// back to back, 3 of the raw p50 after the same pause as the hand-off's
+/// release (and, as `p50_ratio_back_to_back`, of the back-to-back one).
 pub async fn latency(target: &Target, options: &Options) -> Outcome {
-    let raw = target.raw_round_trips(options.iterations).await?;
-    let handoffs = options.iterations.min(200);
-    let raw_after_pause = target.raw_round_trips_after(handoffs, HANDOFF_PAUSE).await?;
+    let ns = namespace();
+    let mut raw_client = target.raw_client().await?;
+    let locks = target.client().await.map_err(fail)?;
+    let key = format!("{ns}uncontended");
+    let (mut raw, mut uncontended) = (Samples::default(), Samples::default());
+    for _ in 0..options.iterations {
+        raw.push(raw_client.round_trip().await?);
+        uncontended.push(acquire_release(&locks, &key).await?);
+    }
+    let (handoff, raw_after_pause) =
+        handoff_beside_raw(target, &format!("{ns}handoff"), options.iterations.min(200), Some(&mut raw_client)).await?;
     let ratio_to = |d: Duration, base: Duration| d.as_secs_f64() / base.max(Duration::from_nanos(1)).as_secs_f64();
     let (raw_p50, idle_p50) = (raw.percentile(50.0), raw_after_pause.percentile(50.0));
     let name = target.name();
-    let ns = namespace();
-    let uncontended = uncontended(target, &format!("{ns}uncontended"), options.iterations).await?;
-    let handoff = handoff(target, &format!("{ns}handoff"), handoffs).await?;
     let (u50, u99, h50, h99) = (
         uncontended.percentile(50.0),
         uncontended.percentile(99.0),
@@ -70,15 +76,20 @@ pub async fn latency(target: &Target, options: &Options) -> Outcome {
     ])
 }
 
+/// One acquire+release of `key`, timed.
+async fn acquire_release(locks: &Locks, key: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let guard = locks.lock(key).acquire().await.map_err(fail)?;
+    guard.release().await.map_err(fail)?;
+    Ok(started.elapsed())
+}
+
 /// `count` uncontended acquire+release of `key` by one new client.
 pub async fn uncontended(target: &Target, key: &str, count: usize) -> Result<Samples, String> {
     let locks = target.client().await.map_err(fail)?;
     let mut samples = Samples::default();
     for _ in 0..count {
-        let started = Instant::now();
-        let guard = locks.lock(key).acquire().await.map_err(fail)?;
-        guard.release().await.map_err(fail)?;
-        samples.push(started.elapsed());
+        samples.push(acquire_release(&locks, key).await?);
     }
     Ok(samples)
 }
@@ -87,9 +98,20 @@ pub async fn uncontended(target: &Target, key: &str, count: usize) -> Result<Sam
 /// the held key, timed from the holder's release call until the waiter holds
 /// the lock.
 pub async fn handoff(target: &Target, key: &str, count: usize) -> Result<Samples, String> {
+    Ok(handoff_beside_raw(target, key, count, None).await?.0)
+}
+
+/// [`handoff`], and with `raw` a raw round trip after each hand-off, sent
+/// after the same pause as the release: the hand-offs and those round trips.
+async fn handoff_beside_raw(
+    target: &Target,
+    key: &str,
+    count: usize,
+    mut raw: Option<&mut RawClient>,
+) -> Result<(Samples, Samples), String> {
     let holder = target.client().await.map_err(fail)?;
     let waiter = target.client().await.map_err(fail)?;
-    let mut samples = Samples::default();
+    let (mut samples, mut raw_samples) = (Samples::default(), Samples::default());
     for _ in 0..count {
         let guard = holder.lock(key).acquire().await.map_err(fail)?;
         let waiting = {
@@ -106,8 +128,12 @@ pub async fn handoff(target: &Target, key: &str, count: usize) -> Result<Samples
         let (granted, guard) = waiting.await.map_err(fail)?;
         guard.map_err(fail)?.release().await.map_err(fail)?;
         samples.push(granted - released);
+        if let Some(raw) = raw.as_deref_mut() {
+            sleep(HANDOFF_PAUSE).await;
+            raw_samples.push(raw.round_trip().await?);
+        }
     }
-    Ok(samples)
+    Ok((samples, raw_samples))
 }
 
 /// 4: `clients` clients on one key; grants per second and overlaps seen.

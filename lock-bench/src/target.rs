@@ -123,73 +123,33 @@ impl Target {
         lock_consul::ConsulLock::connect(config).await
     }
 
-    /// Measures `count` raw round trips back to back: etcd put, ZooKeeper
-    /// exists, Consul KV put, file write+sync, memory inspect.
-    pub async fn raw_round_trips(&self, count: usize) -> Result<crate::stats::Samples, String> {
-        self.raw_round_trips_after(count, Duration::ZERO).await
-    }
-
-    /// The same round trips, each after `pause` with nothing sent: what a
-    /// request costs when it wakes an idle client and server, as the
-    /// release in the hand-off scenario does. (On this kind of machine an
-    /// etcd `put` after 10 ms idle takes about three times as long as one
-    /// right after another.)
-    pub async fn raw_round_trips_after(&self, count: usize, pause: Duration) -> Result<crate::stats::Samples, String> {
-        let mut samples = crate::stats::Samples::default();
-        match self {
-            Self::Memory(store) => {
-                let locks = Locks::new(store.client());
-                for _ in 0..count {
-                    idle(pause).await;
-                    let started = Instant::now();
-                    locks.inspect("bench/raw").await.map_err(|e| e.to_string())?;
-                    samples.push(started.elapsed());
-                }
-            }
+    /// A connection of its own for raw round trips (see [`RawClient`]).
+    pub async fn raw_client(&self) -> Result<RawClient, String> {
+        Ok(match self {
+            Self::Memory(store) => RawClient::Memory(Locks::new(store.client())),
             Self::File(dir) => {
-                use std::io::Write;
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                let mut file = std::fs::File::create(dir.join("raw")).map_err(|e| e.to_string())?;
-                for _ in 0..count {
-                    idle(pause).await;
-                    let started = Instant::now();
-                    file.write_all(b"0123456789abcdef0123456789abcdef").map_err(|e| e.to_string())?;
-                    file.sync_data().map_err(|e| e.to_string())?;
-                    samples.push(started.elapsed());
-                }
+                RawClient::File(std::fs::File::create(dir.join("raw")).map_err(|e| e.to_string())?)
             }
             #[cfg(feature = "etcd")]
-            Self::Etcd { endpoints, .. } => {
-                let mut client = etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?;
-                for _ in 0..count {
-                    idle(pause).await;
-                    let started = Instant::now();
-                    client.put("distlock-bench/raw", "x", None).await.map_err(|e| e.to_string())?;
-                    samples.push(started.elapsed());
-                }
-            }
+            Self::Etcd { endpoints, .. } => RawClient::Etcd(Box::new(
+                etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?,
+            )),
             #[cfg(feature = "zk")]
             Self::Zk { hosts, .. } => {
-                let client = zookeeper_client::Client::connect(hosts).await.map_err(|e| e.to_string())?;
-                for _ in 0..count {
-                    idle(pause).await;
-                    let started = Instant::now();
-                    client.check_stat("/distlock-bench").await.map_err(|e| e.to_string())?;
-                    samples.push(started.elapsed());
-                }
+                RawClient::Zk(zookeeper_client::Client::connect(hosts).await.map_err(|e| e.to_string())?)
             }
             #[cfg(feature = "consul")]
-            Self::Consul { .. } => {
-                let lock = self.consul_client().await.map_err(|e| e.to_string())?;
-                for _ in 0..count {
-                    let request =
-                        rs_consul::CreateOrUpdateKeyRequest { key: "distlock-bench/raw", ..Default::default() };
-                    idle(pause).await;
-                    let started = Instant::now();
-                    lock.consul().create_or_update_key(request, b"x".to_vec()).await.map_err(|e| e.to_string())?;
-                    samples.push(started.elapsed());
-                }
-            }
+            Self::Consul { .. } => RawClient::Consul(Box::new(self.consul_client().await.map_err(|e| e.to_string())?)),
+        })
+    }
+
+    /// Measures `count` raw round trips back to back.
+    pub async fn raw_round_trips(&self, count: usize) -> Result<crate::stats::Samples, String> {
+        let mut raw = self.raw_client().await?;
+        let mut samples = crate::stats::Samples::default();
+        for _ in 0..count {
+            samples.push(raw.round_trip().await?);
         }
         Ok(samples)
     }
@@ -240,9 +200,52 @@ impl Drop for Target {
     }
 }
 
-/// Sleeps for `pause`, if any.
-async fn idle(pause: Duration) {
-    if !pause.is_zero() {
-        tokio::time::sleep(pause).await;
+/// One client of a target's service, for its raw round trip: an etcd `put`,
+/// a ZooKeeper `exists`, a Consul KV `put`, a 32-byte file write and
+/// `fdatasync`, a memory `inspect`.
+pub enum RawClient {
+    /// The memory store's client.
+    Memory(Locks),
+    /// The file written and synced.
+    File(std::fs::File),
+    /// An etcd client of its own.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<etcd_client::Client>),
+    /// A ZooKeeper client of its own.
+    #[cfg(feature = "zk")]
+    Zk(zookeeper_client::Client),
+    /// The backend's own pooled Consul connection.
+    #[cfg(feature = "consul")]
+    Consul(Box<lock_consul::ConsulLock>),
+}
+
+impl RawClient {
+    /// One raw round trip, timed.
+    pub async fn round_trip(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        match self {
+            Self::Memory(locks) => {
+                let _ = locks.inspect("bench/raw").await.map_err(|e| e.to_string())?;
+            }
+            Self::File(file) => {
+                use std::io::Write;
+                file.write_all(b"0123456789abcdef0123456789abcdef").map_err(|e| e.to_string())?;
+                file.sync_data().map_err(|e| e.to_string())?;
+            }
+            #[cfg(feature = "etcd")]
+            Self::Etcd(client) => {
+                let _ = client.put("distlock-bench/raw", "x", None).await.map_err(|e| e.to_string())?;
+            }
+            #[cfg(feature = "zk")]
+            Self::Zk(client) => {
+                let _ = client.check_stat("/distlock-bench").await.map_err(|e| e.to_string())?;
+            }
+            #[cfg(feature = "consul")]
+            Self::Consul(lock) => {
+                let request = rs_consul::CreateOrUpdateKeyRequest { key: "distlock-bench/raw", ..Default::default() };
+                let _ = lock.consul().create_or_update_key(request, b"x".to_vec()).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(started.elapsed())
     }
 }
