@@ -25,24 +25,37 @@ pub fn fail(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// How long the hand-off scenario's holder waits, with nothing sent, before
-/// it releases: time for the waiter's request to reach the service.
+/// How long the hand-off scenario's holder waits before it releases: time
+/// for the waiter's requests to reach the service (they go out at its
+/// start; nothing is sent for the rest of it).
 pub const HANDOFF_PAUSE: Duration = Duration::from_millis(10);
 
-/// 1-3: raw round trip, uncontended acquire+release, hand-off. Each
-/// distlock sample is taken right after a raw one, so drift in the machine's
-/// speed during the run falls on both: 2 as ratios of the raw p50 measured
-/// back to back, 3 of the raw p50 after the same pause as the hand-off's
-/// release (and, as `p50_ratio_back_to_back`, of the back-to-back one).
+/// Rounds that scenarios 1 and 2 take turns in.
+const LATENCY_ROUNDS: usize = 10;
+
+/// 1-3: raw round trip, uncontended acquire+release, hand-off. 1 and 2 take
+/// turns in [`LATENCY_ROUNDS`] rounds, each a block of back-to-back raw
+/// round trips and then one of acquire+release, so drift in the machine's
+/// speed during the run falls on both while each sample still follows one
+/// of its own kind; each hand-off is followed by a raw round trip after the
+/// same pause as the hand-off's release. 2 is given as ratios of the raw
+/// p50 measured back to back, 3 of the raw p50 after the pause (and, as
+/// `p50_ratio_back_to_back`, of the back-to-back one).
 pub async fn latency(target: &Target, options: &Options) -> Outcome {
     let ns = namespace();
     let mut raw_client = target.raw_client().await?;
     let locks = target.client().await.map_err(fail)?;
     let key = format!("{ns}uncontended");
     let (mut raw, mut uncontended) = (Samples::default(), Samples::default());
-    for _ in 0..options.iterations {
-        raw.push(raw_client.round_trip().await?);
-        uncontended.push(acquire_release(&locks, &key).await?);
+    let rounds = LATENCY_ROUNDS.min(options.iterations.max(1));
+    let per_round = options.iterations.div_ceil(rounds);
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            raw.push(raw_client.round_trip().await?);
+        }
+        for _ in 0..per_round {
+            uncontended.push(acquire_release(&locks, &key).await?);
+        }
     }
     let (handoff, raw_after_pause) =
         handoff_beside_raw(target, &format!("{ns}handoff"), options.iterations.min(200), Some(&mut raw_client)).await?;

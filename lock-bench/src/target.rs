@@ -123,7 +123,7 @@ impl Target {
         lock_consul::ConsulLock::connect(config).await
     }
 
-    /// A connection of its own for raw round trips (see [`RawClient`]).
+    /// A client of its own for raw round trips (see [`RawClient`]).
     pub async fn raw_client(&self) -> Result<RawClient, String> {
         Ok(match self {
             Self::Memory(store) => RawClient::Memory(Locks::new(store.client())),
@@ -214,7 +214,8 @@ pub enum RawClient {
     /// A ZooKeeper client of its own.
     #[cfg(feature = "zk")]
     Zk(zookeeper_client::Client),
-    /// The backend's own pooled Consul connection.
+    /// A Consul backend client of its own (its session too), for its
+    /// `rs-consul` client.
     #[cfg(feature = "consul")]
     Consul(Box<lock_consul::ConsulLock>),
 }
