@@ -21,6 +21,7 @@ pub fn namespace() -> String {
     format!("bench/{}-{}-{}/", std::process::id(), since_epoch.as_nanos(), SCENARIO.fetch_add(1, Ordering::Relaxed))
 }
 
+/// An error as the message a scenario fails with.
 pub fn fail(e: impl std::fmt::Display) -> String {
     e.to_string()
 }

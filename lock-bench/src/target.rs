@@ -32,8 +32,8 @@ pub enum Target {
         /// Session timeout of the benchmark's clients.
         ttl: Duration,
     },
-    /// Consul at this agent (its raw round trip is a KV put through
-    /// `rs-consul`, on the backend's own pooled connection).
+    /// Consul at this agent (its raw round trip is a KV put through the
+    /// `rs-consul` client inside a Consul backend client of its own).
     #[cfg(feature = "consul")]
     Consul {
         /// `http://host:port`.
@@ -44,8 +44,8 @@ pub enum Target {
 }
 
 impl Target {
-    /// The target named `name` (`mem`, `file` or `etcd`), with `ttl` for its
-    /// leases.
+    /// The target named `name` (`mem`, `file`, `etcd`, `zk` or `consul`, the
+    /// last three when built in), with `ttl` for its leases.
     pub fn named(name: &str, ttl: Duration) -> Result<Self, String> {
         match name {
             "mem" | "memory" => Ok(Self::Memory(MemoryStore::new())),
